@@ -1,0 +1,38 @@
+# flipsweep: `make quick` sets up and runs the small sweep; `make test` sets up and runs lint + tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup quick test lint browser ui bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+quick: setup  ## a small sweep on the embedded defaults (local Ray, MLflow in ./mlflow.db)
+	$(BIN)/python -m sweep.run search_spaces/quick.yaml
+
+browser:  ## Debian's chromium, for the MLflow-UI browser test
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup browser lint  ## lint, then the whole suite
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup  ## benchmarks: one trial, then sweep efficiency
+	$(BIN)/python -m benchmarks.trial
+	$(BIN)/python -m benchmarks.sweep
+
+clean:
+	rm -rf flipsweep_results mlflow.db optuna.db mlruns

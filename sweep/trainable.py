@@ -1,0 +1,85 @@
+"""The Ray Tune function trainable: runs one registered trial and turns its reports into Tune results.
+
+The trial itself (e.g. `trainers.train.run_trial`) is a plain function of a config and an output folder. This
+wrapper gives it a private working folder, restores that folder from the latest Tune checkpoint (after a
+retry or a resumed sweep), and hands every saved state to Tune as a checkpoint so that nothing is lost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+FINAL_KEYS = ("label", "flip_block", "time_to_flip", "shifted")
+
+
+def resolve(reference: str):
+    """`"package.module:function"` from our own registry (never from user input) -> the function."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def trial_key(config: dict[str, Any], trial_id: str | None = None) -> str:
+    """The stable key of a trial: from its spec, or (searcher-driven trials) from Tune's trial index."""
+    spec = config.get("spec") or {}
+    if "trial_key" in spec:
+        return spec["trial_key"]
+    trial_id = trial_id or tune.get_context().get_trial_id()
+    return "o" + trial_id.rsplit("_", 1)[-1]
+
+
+def trial_overrides(config: dict[str, Any], trial_id: str | None = None) -> dict[str, Any]:
+    """The trial-config overrides of a Tune config: the spec's fixed ones plus sampled `sampled/<key>` values."""
+    overrides = dict((config.get("spec") or {}).get("overrides", {}))
+    overrides.update({k.removeprefix("sampled/"): v for k, v in config.items() if k.startswith("sampled/")})
+    if "seed" not in overrides:
+        overrides["seed"] = config.get("seed_base", 0) + int(trial_key(config, trial_id).lstrip("o") or 0)
+    return overrides
+
+
+def run_tune_trial(config: dict[str, Any]) -> None:
+    """Tune entry point. `config` carries `run` (registry reference) and `spec` or `sampled/*` values."""
+    started = time.perf_counter()
+    work_dir = Path(tempfile.mkdtemp(prefix="flipsweep-trial-"))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, work_dir, dirs_exist_ok=True)
+    log_file = open(work_dir / "train.log", "a")  # noqa: SIM115 - closed below
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        metrics = {**metrics, "trial_seconds": time.perf_counter() - started}
+        if checkpoint_dir is None:
+            tune.report(metrics)
+        else:
+            log_file.flush()
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    try:
+        run = resolve(config["run"])
+        result = run(trial_overrides(config), work_dir, report=report, log=log)
+        verdict = result["verdict"]
+        final = {
+            "final": 1,
+            "step": result["steps_done"],
+            "trial_seconds": time.perf_counter() - started,
+            "detector_share": result["detector_share"],
+            "reversal_score": result["final"]["reversal_score"],  # the optuna objective reads the last result
+            **{f"verdict_{k}": verdict.get(k) for k in FINAL_KEYS},
+        }
+        log_file.close()
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(work_dir))
+    finally:
+        if not log_file.closed:
+            log_file.close()
+        shutil.rmtree(work_dir, ignore_errors=True)

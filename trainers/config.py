@@ -1,0 +1,264 @@
+"""The trial configuration: one validated tree, addressed by dotted keys (`model.ffn_scale`).
+
+Every knob a sweep may vary lives here, with a one-line description that `--print-config` turns into a YAML
+comment. Unknown keys and bad values raise `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PosEnc = Literal["rel_shaw", "rel_xl", "abs", "abs+rel_shaw", "rope", "none"]
+POS_ENCODINGS: tuple[str, ...] = PosEnc.__args__
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid. `key` is the dotted name."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    seed: int = Field(0, description="seed of the corpus itself (prototypes, bigram model, held-out set)")
+    num_labels: int = Field(24, ge=2, description="vocabulary size, EOS excluded")
+    feature_dim: int = Field(40, ge=4, description="log-mel-like feature dimensions per frame")
+    min_labels: int = Field(6, ge=1, description="fewest labels per utterance")
+    max_labels: int = Field(12, ge=1, description="most labels per utterance")
+    min_label_frames: int = Field(6, ge=1, description="shortest label, in input frames (10 ms each)")
+    max_label_frames: int = Field(12, ge=1, description="longest label, in input frames")
+    min_silence_frames: int = Field(8, ge=0, description="shortest leading/trailing silence, input frames")
+    max_silence_frames: int = Field(30, ge=0, description="longest leading/trailing silence, input frames")
+    noise: float = Field(0.5, ge=0, description="std of white noise added to every frame")
+    prototype_separation: float = Field(
+        1.5, gt=0, description="distance of each label's prototype from its confusion-group centre"
+    )
+    confusion_groups: int = Field(
+        0, ge=0, description="labels share this many group centres (0: every label is its own centre)"
+    )
+    transition_frames: int = Field(2, ge=0, description="frames of linear blend between neighbouring labels")
+    bigram_concentration: float = Field(
+        0.3, gt=0, description="Dirichlet concentration of the bigram model (small: predictable sequences)"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DataConfig:
+        for low, high in [
+            ("min_labels", "max_labels"),
+            ("min_label_frames", "max_label_frames"),
+            ("min_silence_frames", "max_silence_frames"),
+        ]:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high} ({getattr(self, high)})")
+        return self
+
+
+class ModelConfig(_Section):
+    subsampling: Literal[4, 6] = Field(4, description="frontend time subsampling: 4, or 6 as in the paper")
+    frontend_channels: int = Field(32, ge=1, description="channels of the three frontend convolutions")
+    pad_mode: Literal["zero", "unmasked"] = Field(
+        "zero", description="zero: padded frames zeroed before every convolution; unmasked: as in RETURNN"
+    )
+    d_model: int = Field(64, ge=8, description="encoder width")
+    layers: int = Field(6, ge=1, description="Conformer blocks")
+    heads: int = Field(4, ge=1, description="self-attention heads")
+    ffn_dim: int = Field(256, ge=1, description="FFN hidden width")
+    ffn_activation: Literal["swish", "relu2"] = Field("swish", description="swish, or ReLU squared (paper)")
+    ffn_scale: float = Field(0.5, ge=0, description="Macaron FFN residual scale s (paper: 0.5)")
+    conv_kernel: int = Field(15, ge=1, description="depthwise convolution kernel (paper: 32)")
+    conv_norm: Literal["batch", "layer"] = Field("layer", description="norm in the conv module")
+    pos_enc: PosEnc = Field("rel_shaw", description="positional encoding: " + ", ".join(POS_ENCODINGS))
+    rel_clip: int = Field(16, ge=1, description="clipping distance of the learned relative positions")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the encoder and frontend")
+    att_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on self-attention weights")
+    decoder: Literal["lstm", "transformer"] = Field(
+        "lstm", description="lstm: additive attention with weight feedback (paper); or transformer"
+    )
+    decoder_dim: int = Field(128, ge=8, description="LSTM units, or transformer decoder width")
+    embed_dim: int = Field(64, ge=4, description="target embedding size")
+    attention_dim: int = Field(64, ge=4, description="additive-attention key dimension")
+    weight_feedback: bool = Field(True, description="accumulated-attention feedback in the LSTM decoder")
+    decoder_layers: int = Field(2, ge=1, description="transformer decoder layers")
+    decoder_heads: int = Field(4, ge=1, description="transformer decoder heads")
+    ctc_layers: list[int] = Field(
+        default_factory=list, description="blocks (1-based) with a CTC auxiliary loss (paper mitigation: [4, 8])"
+    )
+    self_attention_off_steps: int = Field(
+        0, ge=0, description="self-attention reduced to its value projection before this step (mitigation)"
+    )
+    center_attention_steps: int = Field(
+        0, ge=0, description="cross-attention forced onto the centre frame before this step (mitigation)"
+    )
+    center_attention_blend_steps: int = Field(
+        0, ge=0, description="steps over which forced centre attention blends into the learned one"
+    )
+    control: Literal["none", "reverse_encoder"] = Field(
+        "none", description="reverse_encoder: time reversed by construction (detector control, never natural)"
+    )
+    control_block: int = Field(1, ge=1, description="with control=reverse_encoder: block whose input is reversed")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.decoder == "transformer" and self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_dim ({self.decoder_dim}) must be divisible by decoder_heads")
+        if self.pos_enc == "rope" and (self.d_model // self.heads) % 2:
+            raise ValueError("rope needs an even head dimension")
+        bad = [b for b in self.ctc_layers if not 1 <= b <= self.layers]
+        if bad:
+            raise ValueError(f"ctc_layers {bad} outside 1..{self.layers}")
+        if self.control_block > self.layers:
+            raise ValueError(f"control_block ({self.control_block}) exceeds layers ({self.layers})")
+        return self
+
+
+class TrainConfig(_Section):
+    steps: int = Field(800, ge=1, description="training steps (the trial's length)")
+    batch_size: int = Field(16, ge=1, description="utterances per step")
+    lr_schedule: Literal["one_cycle", "warmup_constant"] = Field(
+        "one_cycle", description="one_cycle: start->peak over warmup, ->start at 90%, ->final (paper)"
+    )
+    lr_peak: float = Field(2e-3, gt=0, description="peak learning rate")
+    lr_start: float = Field(2e-5, ge=0, description="one_cycle: first and 90%-point learning rate")
+    lr_final: float = Field(2e-6, ge=0, description="one_cycle: last learning rate")
+    lr_warmup: float = Field(0.2, ge=0, le=0.9, description="fraction of training spent warming up")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    grad_clip: float = Field(5.0, gt=0, description="global gradient-norm clip")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the CE loss")
+    ctc_scale: float = Field(1.0, ge=0, description="weight of each CTC auxiliary loss")
+    specaug_time_masks: int = Field(2, ge=0, description="SpecAugment time masks per utterance")
+    specaug_time_width: int = Field(8, ge=1, description="widest time mask, input frames")
+    specaug_feature_masks: int = Field(1, ge=0, description="SpecAugment feature masks per utterance")
+    specaug_feature_width: int = Field(4, ge=1, description="widest feature mask, dims")
+    specaug_start: int = Field(100, ge=0, description="SpecAugment is off before this step")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
+    bf16: bool = Field(False, description="bf16 autocast on CUDA")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: leave as set by the environment)")
+    checkpoint_every: int = Field(1, ge=1, description="save resumable state every this many evaluations")
+
+
+class DetectorConfig(_Section):
+    every: int = Field(50, ge=1, description="evaluate the detector every this many steps (and at the end)")
+    utterances: int = Field(16, ge=1, description="held-out utterances for attention and accuracy")
+    gradient_utterances: int = Field(4, ge=1, description="of those, how many get per-block gradient maps")
+    min_accuracy: float = Field(0.5, ge=0, le=1, description="below this teacher-forced accuracy: undecided")
+    min_peak: float = Field(0.2, ge=0, le=1, description="below this mean max attention weight: undecided")
+    min_direction: float = Field(0.5, gt=0, le=1, description="|direction| needed for normal or reversed")
+    confirm: int = Field(2, ge=1, description="consecutive evaluations a final label must hold")
+    early_stop: bool = Field(False, description="stop once the label held for `patience` evaluations")
+    patience: int = Field(3, ge=1, description="early stop: evaluations the decided label must hold")
+    min_steps: int = Field(300, ge=0, description="early stop: never before this step")
+    blank_score: float = Field(-4.0, description="gradient alignment: constant blank log-score")
+    shift_margin: float = Field(
+        0.3, ge=0, le=1, description="shifted if attention misses true spans this much more than alignment"
+    )
+
+
+class TrialConfig(_Section):
+    seed: int = Field(0, description="trial seed: initialisation, data order, dropout")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+
+
+def _error_key(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or part == 0)
+
+
+def _from_validation(exc: ValidationError, prefix: str = "") -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(p for p in [prefix, _error_key(first)] if p)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    return ConfigError(key, message)
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"model.layers": 6}` -> `{"model": {"layers": 6}}`; nested input passes through."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).split(".")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, f"'{part}' is a value, not a section")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(nested(value))
+        elif isinstance(value, dict):
+            node[parts[-1]] = nested(value)
+        else:
+            node[parts[-1]] = value
+    return tree
+
+
+def build_config(*layers: dict[str, Any]) -> TrialConfig:
+    """Merge dotted or nested overrides (later wins) onto the defaults and validate."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for section, value in nested(layer).items():
+            if isinstance(value, dict) and isinstance(merged.get(section), dict):
+                merged[section].update(value)
+            else:
+                merged[section] = value
+    try:
+        return TrialConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _from_validation(exc) from None
+
+
+def flatten(config: TrialConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config as `{"model.layers": 6, ...}` (lists stay values)."""
+    tree = config.model_dump() if isinstance(config, BaseModel) else config
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def known_keys() -> set[str]:
+    return set(flatten(TrialConfig()))
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`"model.layers=12"` -> `("model.layers", 12)`; the value is read as YAML (safely)."""
+    if "=" not in text:
+        raise ConfigError(text, "expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"unreadable value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def to_commented_yaml(config: TrialConfig) -> str:
+    """The config as YAML with each key's description as a trailing comment."""
+    lines = [f"seed: {config.seed}  # {TrialConfig.model_fields['seed'].description}"]
+    for section in ("data", "model", "train", "detector"):
+        lines.append(f"{section}:")
+        part = getattr(config, section)
+        for name, field in type(part).model_fields.items():
+            value = yaml.safe_dump(getattr(part, name), default_flow_style=True).strip()
+            value = value.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"  {name}: {value}  # {field.description}")
+    return "\n".join(lines) + "\n"

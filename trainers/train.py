@@ -1,0 +1,309 @@
+"""One flipsweep trial: train a Conformer AED on the synthetic corpus and label it with the flip detector.
+
+    python -m trainers.train [CONFIG.yaml] [--set key=value ...] --out DIR
+    python -m trainers.train --print-config
+
+A trial is the plain function `run_trial(config, out_dir)`; it knows nothing of Ray or MLflow. It writes
+`out_dir/result.json` (the verdict and final figures), `out_dir/metrics.jsonl` (one line per evaluation),
+`attention.png` and `gradients.png`, and keeps `state.pt` so that a call on the same `out_dir` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from trainers.config import ConfigError, TrainConfig, TrialConfig, build_config, flatten, parse_assignment, to_commented_yaml
+from trainers.data import SyntheticCorpus
+from trainers.detector import Evaluation, evaluate, should_stop, verdict
+from trainers.model import ConformerAED
+from trainers.plots import plot_attention, plot_gradients
+
+# report(metrics, checkpoint_dir): called after every evaluation; checkpoint_dir is set when resumable state
+# was just saved there (the Ray wrapper turns it into a Tune checkpoint).
+Reporter = Callable[[dict[str, Any], Path | None], None]
+
+STATE_FILE = "state.pt"
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """The learning rate at `step` (0-based) of `cfg.steps`.
+
+    one_cycle (the paper's, epoch-wise there): lr_start -> lr_peak linearly over the warmup fraction, back to
+    lr_start at 90 % of training, then down to lr_final. warmup_constant: 0 -> lr_peak, then constant.
+    """
+    progress = step / cfg.steps
+    warmup = cfg.lr_warmup
+    if cfg.lr_schedule == "warmup_constant":
+        return cfg.lr_peak * min(1.0, progress / warmup) if warmup > 0 else cfg.lr_peak
+    if progress < warmup:
+        return cfg.lr_start + (cfg.lr_peak - cfg.lr_start) * progress / warmup
+    if progress < 0.9:
+        return cfg.lr_peak + (cfg.lr_start - cfg.lr_peak) * (progress - warmup) / (0.9 - warmup)
+    return cfg.lr_start + (cfg.lr_final - cfg.lr_start) * (progress - 0.9) / 0.1
+
+
+def spec_augment(features: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig, generator: torch.Generator):
+    """Zero random time spans and feature bands of (B, T, F) features, within each utterance's length."""
+    batch, frames, dims = features.shape
+    keep = torch.ones(batch, frames, dims, dtype=torch.bool)
+    time_axis = torch.arange(frames)
+    for _ in range(cfg.specaug_time_masks):
+        width = torch.randint(0, cfg.specaug_time_width + 1, (batch,), generator=generator)
+        start = (torch.rand(batch, generator=generator) * (lengths - width).clamp(min=1)).long()
+        hit = (time_axis >= start[:, None]) & (time_axis < (start + width)[:, None])
+        keep &= ~hit[:, :, None]
+    dim_axis = torch.arange(dims)
+    for _ in range(cfg.specaug_feature_masks):
+        width = torch.randint(0, cfg.specaug_feature_width + 1, (batch,), generator=generator)
+        start = (torch.rand(batch, generator=generator) * (dims - width).clamp(min=1)).long()
+        hit = (dim_axis >= start[:, None]) & (dim_axis < (start + width)[:, None])
+        keep &= ~hit[:, None, :]
+    return features * keep
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No decay on biases, norms and embedding tables (the paper excludes embeddings and learned positions).
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        vector_like = parameter.ndim < 2 or "embed" in name or "pos" in name
+        (no_decay if vector_like else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr_start, eps=cfg.adam_eps)
+
+
+class Trial:
+    """State of one training run; `run()` trains, evaluates and writes the outputs."""
+
+    def __init__(self, config: TrialConfig, out_dir: Path, report: Reporter | None = None, log=print):
+        self.cfg = config
+        self.out_dir = out_dir
+        self.report = report
+        self.log = log
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.device = _device(config.train)
+        torch.manual_seed(config.seed)
+        self.corpus = SyntheticCorpus(config.data)
+        self.heldout = self.corpus.heldout(config.detector.utterances).to(self.device)
+        self.model = ConformerAED(config.model, config.data.feature_dim, self.corpus.vocab_size).to(self.device)
+        self.optimizer = _optimizer(self.model, config.train)
+        self.step = 0
+        self.history: list[Evaluation] = []
+        self.train_seconds = 0.0
+        self.detector_seconds = 0.0
+        self.losses: list[float] = []
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "seconds": (self.train_seconds, self.detector_seconds),
+        }
+        tmp = self.out_dir / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out_dir / STATE_FILE)  # atomic: a kill mid-save leaves the previous state
+
+    def restore(self) -> bool:
+        path = self.out_dir / STATE_FILE
+        if not path.exists():
+            return False
+        # Our own file: the history holds detector dataclasses, so full unpickling is needed.
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.train_seconds, self.detector_seconds = state["seconds"]
+        self._rewrite_metrics()
+        return True
+
+    def _rewrite_metrics(self) -> None:
+        with open(self.out_dir / "metrics.jsonl", "w") as f:
+            for evaluation in self.history:
+                f.write(json.dumps(evaluation.to_dict()) + "\n")
+
+    # -- training --------------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        cfg = self.cfg.train
+        batch = self.corpus.train_batch(self.cfg.seed, self.step, cfg.batch_size)
+        features = batch.features
+        if cfg.specaug_time_masks + cfg.specaug_feature_masks and self.step >= cfg.specaug_start:
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+            features = spec_augment(features, batch.feature_lengths, cfg, generator)
+        batch.features = features
+        batch = batch.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, cfg)
+        self.model.train()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda")
+        with autocast:
+            out = self.model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step=self.step)
+            loss, _ = self.model.loss(out, cfg.label_smoothing, cfg.ctc_scale)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    def evaluate(self) -> Evaluation:
+        started = time.perf_counter()
+        evaluation = evaluate(
+            self.model,
+            self.heldout,
+            self.step,
+            self.cfg.detector,
+            self.cfg.model.subsampling,
+            self.cfg.train.label_smoothing,
+        )
+        self.detector_seconds += time.perf_counter() - started
+        return evaluation
+
+    def run(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.restore()
+        if resumed:
+            self.log(f"resumed at step {self.step}")
+        cfg, every = self.cfg, self.cfg.detector.every
+        evaluations_since_save = 0
+        while self.step < cfg.train.steps and not should_stop(self.history, cfg.detector):
+            started = time.perf_counter()
+            self.losses.append(self.train_step())
+            self.train_seconds += time.perf_counter() - started
+            if self.step % every and self.step != cfg.train.steps:
+                continue
+            evaluation = self.evaluate()
+            self.history.append(evaluation)
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(evaluation.to_dict()) + "\n")
+            evaluations_since_save += 1
+            saved = None
+            if evaluations_since_save >= cfg.train.checkpoint_every or self.step == cfg.train.steps:
+                self.save()
+                evaluations_since_save = 0
+                saved = self.out_dir
+            metrics = self._metrics(evaluation)
+            self.log(
+                f"step {self.step:6d}  loss {metrics['train_loss']:.3f}  acc {evaluation.accuracy:.2f}  "
+                f"attention {evaluation.attention_direction:+.2f} (peak {evaluation.attention_peak:.2f})  "
+                f"encoder {evaluation.block_directions[-1]:+.2f}  {evaluation.label}"
+            )
+            if self.report:
+                self.report(metrics, saved)
+        return self.finish()
+
+    def _metrics(self, evaluation: Evaluation) -> dict[str, Any]:
+        recent = self.losses[-self.cfg.detector.every :]
+        metrics = evaluation.metrics()
+        metrics.update(
+            step=self.step,
+            train_loss=sum(recent) / len(recent) if recent else math.nan,
+            learning_rate=learning_rate(max(self.step - 1, 0), self.cfg.train),
+            label=evaluation.label,
+        )
+        return metrics
+
+    def finish(self) -> dict[str, Any]:
+        if not self.history or self.history[-1].step != self.step or not self.history[-1].arrays:
+            self.history.append(self.evaluate())  # e.g. resumed after the last evaluation lost its arrays
+        final = self.history[-1]
+        result = {
+            "verdict": verdict(self.history, self.cfg.detector),
+            "final": final.to_dict(),
+            "steps_done": self.step,
+            "early_stopped": self.step < self.cfg.train.steps,
+            "control": self.cfg.model.control != "none",
+            "train_seconds": self.train_seconds,
+            "detector_seconds": self.detector_seconds,
+            "detector_share": self.detector_seconds / max(self.train_seconds + self.detector_seconds, 1e-9),
+            "steps_per_second": self.step / max(self.train_seconds, 1e-9),
+            "device": str(self.device),
+            "config": flatten(self.cfg),
+        }
+        plot_attention(self.out_dir / "attention.png", final.arrays)
+        plot_gradients(self.out_dir / "gradients.png", final.arrays)
+        (self.out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        return result
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def run_trial(
+    config: TrialConfig | dict[str, Any],
+    out_dir: str | Path,
+    report: Reporter | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train one trial to its verdict and return result.json's content. Resumes from `out_dir` if it can."""
+    if not isinstance(config, TrialConfig):
+        config = build_config(config)
+    return Trial(config, Path(out_dir), report, log).run()
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: expected a mapping of config keys")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", help="YAML file of config keys (nested or dotted)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    parser.add_argument("--out", help="output directory (resumes if it holds state)")
+    parser.add_argument("--print-config", action="store_true", help="print the full config as YAML and exit")
+    args = parser.parse_args(argv)
+    try:
+        layers = [load_config_file(args.config)] if args.config else []
+        layers.append(dict(parse_assignment(item) for item in args.set))
+        config = build_config(*layers)
+    except (ConfigError, OSError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_commented_yaml(config), end="")
+        return 0
+    if not args.out:
+        parser.error("--out is required to train")
+    result = run_trial(config, args.out)
+    summary = result["verdict"]
+    print(json.dumps({k: summary.get(k) for k in ("label", "flip_block", "time_to_flip")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
