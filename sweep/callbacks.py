@@ -14,8 +14,8 @@ from typing import Any
 
 from ray import tune
 from rich.console import Console
-
 from sweep.registry import get_trainer
+
 from sweep.tracking import Tracker
 from sweep.trainable import trial_key, trial_overrides
 
@@ -96,7 +96,9 @@ class TrialRecorder:
         started = time.perf_counter()
         run_id = self.run_id(config, trial_id)
         if self.tracker.status(run_id) not in TERMINAL:
-            last_line = next((ln for ln in reversed(error.strip().splitlines()) if ln.strip()), "unknown error")
+            last_line = next(
+                (ln for ln in reversed(error.strip().splitlines()) if ln.strip()), "unknown error"
+            )
             self.tracker.set_tags(run_id, {"label": "failed", "error": last_line[:500]})
             self.tracker.client.log_text(run_id, error, "error.txt")
             self.tracker.finish(run_id, "FAILED")
@@ -118,11 +120,22 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-_SKIP = {"step", "final", "done", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid"}
+_SKIP = {
+    "step",
+    "final",
+    "done",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "pid",
+}
 
 
 def _curve_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in _SKIP and "/" not in k and not k.startswith("verdict_")}
+    return {
+        k: v for k, v in result.items() if k not in _SKIP and "/" not in k and not k.startswith("verdict_")
+    }
 
 
 def trial_error_text(trial) -> str:

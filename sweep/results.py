@@ -1,8 +1,8 @@
 """Load a sweep's trials from MLflow into one pandas frame (used by the driver and the notebook).
 
 One row per child run: trial_key, cell, control, label (normal / reversed / undecided / failed), seed, steps,
-time_to_flip, attention_direction, reversal_score, status, run_id, and one column per factor (dotted config key,
-values parsed back from MLflow's strings).
+time_to_flip, attention_direction, reversal_score, status, run_id, and one column per factor
+(dotted config key, values parsed back from MLflow's strings).
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def find_parent(client: MlflowClient, experiment_name: str, sweep_id: str | None
         query += f" and tags.`{SWEEP_TAG}` = '{sweep_id}'"
     runs = client.search_runs([experiment.experiment_id], query, order_by=["start_time DESC"], max_results=1)
     if not runs:
-        raise LookupError(f"no flipsweep parent run in {experiment_name!r}" + (f" for {sweep_id}" if sweep_id else ""))
+        raise LookupError(
+            f"no flipsweep parent run in {experiment_name!r}" + (f" for {sweep_id}" if sweep_id else "")
+        )
     return runs[0]
 
 
@@ -90,7 +92,9 @@ def trials_frame(client: MlflowClient, parent_run_id: str, factors: list[str] | 
             "steps": _value(params.get("train.steps")),
             "time_to_flip": _number(tags.get("time_to_flip")),
             "flip_block": _number(tags.get("flip_block")),
-            "attention_direction": metrics.get("final/attention_direction", metrics.get("attention_direction")),
+            "attention_direction": metrics.get(
+                "final/attention_direction", metrics.get("attention_direction")
+            ),
             "reversal_score": metrics.get("final/reversal_score", metrics.get("reversal_score")),
             "status": status,
             "run_id": run.info.run_id,

@@ -1,8 +1,8 @@
 """Run a flipsweep study: `python -m sweep.run space.yaml [--dry-run] [--resume] [--address ...]`.
 
 The driver validates the space file (exit 2 on any error, before anything is written), expands it into trials,
-runs them on Ray Tune (local, or the cluster named by --address / RAY_ADDRESS), records one MLflow child run per
-trial under a parent run, and ends with incidence statistics on the parent run.
+runs them on Ray Tune (local, or the cluster named by --address / RAY_ADDRESS), records one MLflow child run
+per trial under a parent run, and ends with incidence statistics on the parent run.
 """
 
 from __future__ import annotations
@@ -81,7 +81,11 @@ def _tune_range(spec):
     if spec.choices is not None:
         return tune.choice(spec.choices)
     if spec.integer:
-        return tune.lograndint(int(spec.low), int(spec.high) + 1) if spec.log else tune.randint(int(spec.low), int(spec.high) + 1)
+        return (
+            tune.lograndint(int(spec.low), int(spec.high) + 1)
+            if spec.log
+            else tune.randint(int(spec.low), int(spec.high) + 1)
+        )
     return tune.loguniform(spec.low, spec.high) if spec.log else tune.uniform(spec.low, spec.high)
 
 
@@ -145,9 +149,9 @@ def concurrent_slots(space, n_trials: int) -> int:
 def run_sweep(args: argparse.Namespace, space) -> int:
     from mlflow.tracking import MlflowClient
     from ray import tune
+    from sweep.registry import get_trainer
 
     from sweep.callbacks import MlflowTrialCallback, ProgressView, TrialRecorder
-    from sweep.registry import get_trainer
     from sweep.tracking import Tracker, TrackingUnavailable, check_reachable, get_or_create_experiment
     from sweep.trainable import run_tune_trial
 
@@ -178,7 +182,13 @@ def run_sweep(args: argparse.Namespace, space) -> int:
     experiment_id = get_or_create_experiment(client, space.mlflow.experiment)
     tracker = Tracker(tracking_uri, experiment_id, sweep_id)
     trainer = get_trainer(space.trainer)
-    specs = expand(space) if space.search == "grid" else sample_random(space, space.seed) if space.search == "random" else []
+    specs = (
+        expand(space)
+        if space.search == "grid"
+        else sample_random(space, space.seed)
+        if space.search == "random"
+        else []
+    )
     factors = factor_names(space)
     parent_params = {
         "space": space.name,
@@ -205,7 +215,10 @@ def run_sweep(args: argparse.Namespace, space) -> int:
         status="running",
         created=state.get("created", time.time()),
     )
-    print(f"sweep {sweep_id}: {len(specs) or space.samples} trials, MLflow {tracking_uri} (parent run {parent_run_id})")
+    print(
+        f"sweep {sweep_id}: {len(specs) or space.samples} trials, "
+        f"MLflow {tracking_uri} (parent run {parent_run_id})"
+    )
 
     recorder = TrialRecorder(tracker, parent_run_id, space.trainer)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
@@ -239,8 +252,9 @@ def _optuna_storage(tracking_uri: str, sweep_dir: Path) -> str:
 
 def finish_sweep(results, recorder, client, space, factors, sweep_dir, parent_run_id, wall: float) -> int:
     """Record any trial end the callbacks missed, then write incidence statistics to the parent run."""
-    from sweep.results import trials_frame
     from sweep.stats import format_table, incidence_report
+
+    from sweep.results import trials_frame
 
     unfinished, trial_seconds = 0, 0.0
     for result in results:
@@ -292,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if args.dry_run:
         specs = expand(space) if space.search == "grid" else sample_random(space, space.seed)
-        print(trial_table(specs) if specs else f"{space.search}: {space.samples} trials sampled from {list(space.ranges)}")
+        print(
+            trial_table(specs)
+            if specs
+            else f"{space.search}: {space.samples} trials sampled from {list(space.ranges)}"
+        )
         return 0
     return run_sweep(args, space)
 

@@ -39,7 +39,9 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status != 200:
-                raise TrackingUnavailable(f"tracking server {tracking_uri} answered {response.status} on /health")
+                raise TrackingUnavailable(
+                    f"tracking server {tracking_uri} answered {response.status} on /health"
+                )
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingUnavailable(f"tracking server {tracking_uri} is unreachable: {reason}") from None
@@ -103,7 +105,9 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def child(self, parent_run_id: str, trial_key: str, run_name: str, params: dict[str, Any], tags: dict) -> str:
+    def child(
+        self, parent_run_id: str, trial_key: str, run_name: str, params: dict[str, Any], tags: dict
+    ) -> str:
         """The trial's child run, created on first sight and reused after a resume."""
         existing = self._find(**{SWEEP_TAG: self.sweep_id, TRIAL_TAG: trial_key})
         if existing is not None:
@@ -143,7 +147,9 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in tags.items()])
 
-    def log_artifacts(self, run_id: str, directory: Path, skip: tuple[str, ...] = (), subdir: str | None = None):
+    def log_artifacts(
+        self, run_id: str, directory: Path, skip: tuple[str, ...] = (), subdir: str | None = None
+    ):
         for path in sorted(Path(directory).iterdir()):
             if path.is_file() and path.name not in skip and not path.name.endswith(".tmp"):
                 self.client.log_artifact(run_id, str(path), subdir)

@@ -35,7 +35,7 @@ def trial_key(config: dict[str, Any], trial_id: str | None = None) -> str:
 
 
 def trial_overrides(config: dict[str, Any], trial_id: str | None = None) -> dict[str, Any]:
-    """The trial-config overrides of a Tune config: the spec's fixed ones plus sampled `sampled/<key>` values."""
+    """A Tune config's trial-config overrides: the spec's fixed ones plus sampled `sampled/<key>` values."""
     overrides = dict((config.get("spec") or {}).get("overrides", {}))
     overrides.update({k.removeprefix("sampled/"): v for k, v in config.items() if k.startswith("sampled/")})
     if "seed" not in overrides:

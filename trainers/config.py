@@ -90,7 +90,8 @@ class ModelConfig(_Section):
     decoder_layers: int = Field(2, ge=1, description="transformer decoder layers")
     decoder_heads: int = Field(4, ge=1, description="transformer decoder heads")
     ctc_layers: list[int] = Field(
-        default_factory=list, description="blocks (1-based) with a CTC auxiliary loss (paper mitigation: [4, 8])"
+        default_factory=list,
+        description="blocks (1-based) with a CTC auxiliary loss (paper mitigation: [4, 8])",
     )
     self_attention_off_steps: int = Field(
         0, ge=0, description="self-attention reduced to its value projection before this step (mitigation)"
@@ -104,7 +105,9 @@ class ModelConfig(_Section):
     control: Literal["none", "reverse_encoder"] = Field(
         "none", description="reverse_encoder: time reversed by construction (detector control, never natural)"
     )
-    control_block: int = Field(1, ge=1, description="with control=reverse_encoder: block whose input is reversed")
+    control_block: int = Field(
+        1, ge=1, description="with control=reverse_encoder: block whose input is reversed"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

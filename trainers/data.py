@@ -66,7 +66,9 @@ class SyntheticCorpus:
         # separation with few groups makes labels confusable.
         centres = rng.normal(0.0, 3.0, size=(groups, dim))
         offsets = rng.normal(0.0, 1.0, size=(n, dim))
-        offsets *= cfg.prototype_separation / np.linalg.norm(offsets, axis=1, keepdims=True) * np.sqrt(dim) / 2
+        offsets *= (
+            cfg.prototype_separation / np.linalg.norm(offsets, axis=1, keepdims=True) * np.sqrt(dim) / 2
+        )
         self.prototypes = np.concatenate(
             [np.zeros((1, dim)), centres[np.arange(n) % groups] + offsets]  # row 0: silence
         ).astype(np.float32)

@@ -22,7 +22,15 @@ from typing import Any
 import torch
 import yaml
 
-from trainers.config import ConfigError, TrainConfig, TrialConfig, build_config, flatten, parse_assignment, to_commented_yaml
+from trainers.config import (
+    ConfigError,
+    TrainConfig,
+    TrialConfig,
+    build_config,
+    flatten,
+    parse_assignment,
+    to_commented_yaml,
+)
 from trainers.data import SyntheticCorpus
 from trainers.detector import Evaluation, evaluate, should_stop, verdict
 from trainers.model import ConformerAED
@@ -81,7 +89,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     # No decay on biases, norms and embedding tables (the paper excludes embeddings and learned positions).
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
-        vector_like = parameter.ndim < 2 or "embed" in name or "pos" in name
+        vector_like = parameter.ndim < 2 or "embed" in name or "pos_bias" in name
         (no_decay if vector_like else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr_start, eps=cfg.adam_eps)
@@ -101,7 +109,9 @@ class Trial:
         torch.manual_seed(config.seed)
         self.corpus = SyntheticCorpus(config.data)
         self.heldout = self.corpus.heldout(config.detector.utterances).to(self.device)
-        self.model = ConformerAED(config.model, config.data.feature_dim, self.corpus.vocab_size).to(self.device)
+        self.model = ConformerAED(config.model, config.data.feature_dim, self.corpus.vocab_size).to(
+            self.device
+        )
         self.optimizer = _optimizer(self.model, config.train)
         self.step = 0
         self.history: list[Evaluation] = []
@@ -159,9 +169,13 @@ class Trial:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, cfg)
         self.model.train()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda")
+        autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
+        )
         with autocast:
-            out = self.model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step=self.step)
+            out = self.model(
+                batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step=self.step
+            )
             loss, _ = self.model.loss(out, cfg.label_smoothing, cfg.ctc_scale)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}")

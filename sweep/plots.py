@@ -1,0 +1,233 @@
+"""Figures of a sweep's incidence statistics (PNG files for the parent run's `plots/` artifacts).
+
+Every function draws on a bare `matplotlib.figure.Figure` with an Agg canvas instead of going through
+`pyplot`: nothing touches a display or pyplot's global figure list, so a figure lives only as long as the
+call and needs no closing, even when the caller is a notebook with an interactive backend. Seaborn provides
+the styling and the statistical plot types. With nothing to show, a function still writes a PNG that says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sweep.stats import IncidenceReport, decided_runs, level_order, natural_runs, prepare, varying_factors
+
+LABEL_COLORS = {"normal": "#4c72b0", "reversed": "#c44e52", "undecided": "#8c8c8c", "failed": "#222222"}
+STYLE = "whitegrid"
+DPI = 110
+
+
+def _figure(panels: int = 1, panel_size: tuple[float, float] = (4.2, 3.4), max_columns: int = 3):
+    """A styled Agg figure with `panels` axes laid out in rows of at most `max_columns`."""
+    columns = max(1, min(panels, max_columns))
+    rows = max(1, math.ceil(panels / columns))
+    with sns.axes_style(STYLE):
+        figure = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return figure, list(axes[:panels])
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    figure.clear()  # drop the artists now rather than at garbage collection
+    return path
+
+
+def _message(path: str | Path, title: str, text: str) -> Path:
+    """A placeholder figure: the title of the plot that would be here and why it is not."""
+    figure, (ax,) = _figure(1, (5.0, 2.6))
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, wrap=True, transform=ax.transAxes)
+    return _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _rate_panels(report: IncidenceReport) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows with level / decided / reversed / rate / ci) per panel: one per factor, else per cell."""
+    marginals = report.marginals
+    panels = [
+        (factor, part.reset_index(drop=True)) for factor, part in marginals.groupby("factor", sort=False)
+    ]
+    if panels:
+        return panels
+    # No factors (e.g. a sweep of named mitigation cells): the cells themselves are the levels.
+    cells = report.cells[~report.cells["control"]].rename(columns={"cell": "level"})
+    return [("cell", cells.reset_index(drop=True))] if len(cells) else []
+
+
+def plot_rate_by_factor(report: IncidenceReport, path: str | Path) -> Path:
+    """Reversal rate per factor level with Wilson 95 % bars and k/n labels, one panel per factor."""
+    title = "Reversal rate by factor level (natural runs)"
+    panels = _rate_panels(report)
+    if not panels or all(part["decided"].sum() == 0 for _, part in panels):
+        return _message(path, title, "no decided runs")
+    overall = report.overall["rate"]
+    figure, axes = _figure(len(panels))
+    color = sns.color_palette()[3]
+    for ax, (name, part) in zip(axes, panels, strict=True):
+        x = np.arange(len(part))
+        rate = part["rate"].to_numpy(dtype=float)
+        below = np.nan_to_num(rate - part["ci_low"].to_numpy(dtype=float))
+        above = np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - rate)
+        ax.errorbar(x, rate, yerr=[below, above], fmt="o", color=color, capsize=4, markersize=6)
+        for xi, row in zip(x, part.itertuples(index=False), strict=True):
+            # k/n above each bar, so that 1/2 and 50/100 do not look alike.
+            top = 0.0 if math.isnan(row.ci_high) else row.ci_high
+            ax.annotate(
+                f"{row.reversed}/{row.decided}",
+                (xi, top),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
+        if not math.isnan(overall):
+            ax.axhline(overall, color="0.5", linestyle="--", linewidth=1, label=f"all runs {overall:.0%}")
+            ax.legend(loc="best", fontsize=8, frameon=False)
+        ax.set_xticks(x, [str(level) for level in part["level"]], rotation=30 if len(part) > 3 else 0)
+        ax.set_xlim(-0.5, len(part) - 0.5)
+        ax.set_ylim(-0.02, 1.1)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("reversed / decided")
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def plot_heatmap(report: IncidenceReport, path: str | Path, factors: Sequence[str] | None = None) -> Path:
+    """Reversal rate over the first two factors with more than one level, each square annotated k/n.
+
+    Runs are pooled over any further factors (named in the subtitle).
+    """
+    title = "Reversal rate over two factors (natural runs)"
+    trials = natural_runs(prepare(report.trials, report.factors))
+    chosen = list(factors) if factors else varying_factors(trials, report.factors)[:2]
+    if len(chosen) < 2:
+        return _message(path, title, "needs two factors with more than one level")
+    decided = decided_runs(trials)
+    if decided.empty:
+        return _message(path, title, "no decided runs")
+    rows_f, cols_f = chosen
+    reversed_ = decided.assign(k=decided["label"] == "reversed").groupby([rows_f, cols_f])["k"]
+    k = reversed_.sum().unstack()
+    n = reversed_.count().unstack()
+    k = k.reindex(index=level_order(trials[rows_f]), columns=level_order(trials[cols_f]))
+    n = n.reindex(index=k.index, columns=k.columns)
+    rate = (k / n).astype(float)
+    labels = np.array(
+        [
+            [f"{int(a)}/{int(b)}" if b == b and b > 0 else "0/0" for a, b in zip(kr, nr, strict=True)]
+            for kr, nr in zip(k.fillna(0).to_numpy(), n.to_numpy(), strict=True)
+        ]
+    )
+    figure, (ax,) = _figure(1, (1.6 + 1.3 * len(k.columns), 1.6 + 0.9 * len(k.index)))
+    sns.heatmap(
+        rate,
+        ax=ax,
+        vmin=0.0,
+        vmax=1.0,
+        cmap="rocket_r",
+        annot=labels,
+        fmt="",
+        linewidths=0.5,
+        cbar_kws={"label": "reversed / decided"},
+    )
+    ax.set_ylabel(rows_f)
+    ax.set_xlabel(cols_f)
+    pooled = [f for f in varying_factors(trials, report.factors) if f not in chosen]
+    ax.set_title(title + (f"\npooled over {', '.join(pooled)}" if pooled else ""), fontsize=10)
+    return _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def plot_direction_distribution(trials: pd.DataFrame, path: str | Path) -> Path:
+    """Histogram of the final attention direction, stacked by label; natural runs and controls apart."""
+    title = "Attention direction by label"
+    trials = prepare(trials)
+    trials = trials[trials["attention_direction"].notna()]
+    if trials.empty:
+        return _message(path, title, "no runs with an attention direction")
+    groups = [("natural runs", trials[~trials["control"]]), ("detector controls", trials[trials["control"]])]
+    groups = [(name, part) for name, part in groups if len(part)]
+    figure, axes = _figure(len(groups), (5.0, 3.4))
+    bins = np.linspace(-1.0, 1.0, 21)
+    for ax, (name, part) in zip(axes, groups, strict=True):
+        known = [label for label in LABEL_COLORS if (part["label"] == label).any()]
+        other = sorted(set(part["label"]) - set(known))
+        sns.histplot(
+            data=part,
+            x="attention_direction",
+            hue="label",
+            hue_order=known + other,
+            palette={**LABEL_COLORS, **dict.fromkeys(other, "#bbbbbb")},
+            multiple="stack",
+            bins=bins,
+            ax=ax,
+        )
+        ax.axvline(0.0, color="0.4", linewidth=1, linestyle=":")
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_xlabel("attention direction (+1 diagonal, -1 anti-diagonal)")
+        ax.set_ylabel("runs")
+        ax.set_title(f"{name} (n = {len(part)})", fontsize=10)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def plot_time_to_flip(curve: pd.DataFrame, path: str | Path) -> Path:
+    """Kaplan-Meier curves of P(not yet reversed): one panel for all runs, one per varying factor."""
+    title = "Time to flip (Kaplan-Meier, natural runs)"
+    if curve is None or curve.empty:
+        return _message(path, title, "no natural runs to follow")
+    factors = list(dict.fromkeys(curve["factor"]))
+    figure, axes = _figure(len(factors))
+    for ax, factor in zip(axes, factors, strict=True):
+        part = curve[curve["factor"] == factor]
+        groups = list(dict.fromkeys(part["group"]))
+        palette = sns.color_palette(n_colors=max(1, len(groups)))
+        for color, group in zip(palette, groups, strict=True):
+            line = part[part["group"] == group]
+            median = line["median_time_to_flip"].iloc[0]
+            label = str(group) + ("" if math.isnan(median) else f" (median {median:.0f})")
+            ax.step(line["step"], line["survival"], where="post", color=color, label=label)
+            ax.fill_between(
+                line["step"],
+                line["ci_low"],
+                line["ci_high"],
+                step="post",
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
+        ax.axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("P(not yet reversed)")
+        ax.set_title(factor, fontsize=10)
+        ax.legend(fontsize=8, frameon=False, loc="lower left")
+        if part["events"].sum() == 0:
+            ax.text(0.5, 0.55, "no run reversed", ha="center", transform=ax.transAxes, color="0.4")
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -1,0 +1,604 @@
+"""A Conformer attention-encoder-decoder (AED) ASR model, small enough to train on a CPU.
+
+The architecture follows Schmitt et al., "The Conformer Encoder May Reverse the Time Dimension" (ICASSP
+2025): a convolutional frontend, pre-LN Macaron Conformer blocks with a per-block final LayerNorm, and an LSTM
+decoder with additive attention and weight feedback. Every knob lives in `ModelConfig`; the mitigations the
+paper tests (self-attention off early, hard centre-frame cross-attention, CTC auxiliary losses) and a detector
+control (`reverse_encoder`) are switched there.
+
+Shapes: B batch, T input frames, T' encoder frames, F features, D d_model, H heads, S label positions
+(labels + EOS), V vocabulary (EOS = BOS = 0 included).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainers.config import ModelConfig
+
+EOS = 0  # also BOS, as in the paper
+FRONTEND_TIME_STRIDES: dict[int, tuple[int, int, int]] = {4: (1, 2, 2), 6: (1, 3, 2)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass
+class EncoderOutput:
+    hidden: list[Tensor]  # L+1 live tensors (B, T', D): encoder input, then the output of each block
+    lengths: Tensor  # (B,) int64 valid encoder frames
+    mask: Tensor  # (B, T') bool, True = valid frame
+    self_attention: list[Tensor] | None = None  # collect only: per block (B, H, T', T')
+    block_norms: list[dict[str, float]] | None = None  # collect only: per block {"ffn1", "mhsa", "residual"}
+
+
+@dataclass
+class AEDOutput:
+    logits: Tensor  # (B, S, V)
+    targets: Tensor  # (B, S) int64: labels, EOS, then 0 padding
+    target_mask: Tensor  # (B, S) bool, True for labels and the one EOS
+    cross_attention: Tensor  # (B, S, T') weights over encoder frames, 0 on padding
+    encoder: EncoderOutput
+    ctc_logits: dict[int, Tensor]  # block (1-based) -> (B, T', V+1), blank = V
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def subsampled_lengths(lengths: Tensor, subsampling: int) -> Tensor:
+    """Valid frames after the frontend: a 3x3 conv with padding 1 and time stride s maps L to ceil(L / s)."""
+    for stride in FRONTEND_TIME_STRIDES[subsampling]:
+        lengths = (lengths + stride - 1) // stride
+    return lengths
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B,) lengths -> (B, max_len) bool, True = valid."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def sinusoids(positions: Tensor, dim: int) -> Tensor:
+    """(N,) positions (any sign) -> (N, dim) sinusoidal encodings, sin and cos halves (Vaswani et al.)."""
+    half = (dim + 1) // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim]
+
+
+def rotary(x: Tensor) -> Tensor:
+    """RoPE: rotate (B, H, T, d) feature pairs (i, i + d/2) by angles proportional to the frame index."""
+    half = x.shape[-1] // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device) / half)
+    angles = torch.arange(x.shape[-2], device=x.device).float()[:, None] * freqs[None, :]  # (T, d/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def masked_softmax(scores: Tensor, key_mask: Tensor) -> Tensor:
+    """Softmax over the last axis restricted to valid keys; padded keys get exactly 0.
+
+    A large negative fill rather than -inf keeps a row without any valid key finite.
+    """
+    scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1) * key_mask
+
+
+def masked_mean_norm(x: Tensor, mask: Tensor) -> float:
+    """Mean over valid frames (pooled over the batch) of the L2 norm over D of x (B, T, D)."""
+    norms = x.detach().float().norm(dim=-1)
+    return float((norms * mask).sum() / mask.sum().clamp_min(1))
+
+
+def reverse_valid_frames(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each utterance's valid frames in time; padding stays at the end. x (B, T', D).
+
+    This exists ONLY as a detector control (`control="reverse_encoder"`): it builds a model that is
+    time-reversed by construction, so the flip detector can be checked against a known answer. Never natural.
+    """
+    t = torch.arange(x.shape[1], device=x.device)[None, :]
+    index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, T')
+    return x.gather(1, index[:, :, None].expand_as(x))
+
+
+def center_attention_lambda(step: int | None, cfg: ModelConfig) -> float:
+    """Weight of the learned cross-attention under hard centre-frame attention: 0 forced, 1 learned only."""
+    forced_steps, blend_steps = cfg.center_attention_steps, cfg.center_attention_blend_steps
+    if step is None or step >= forced_steps + blend_steps:
+        return 1.0
+    if step < forced_steps:
+        return 0.0
+    return (step - forced_steps) / blend_steps
+
+
+def apply_center_attention(weights: Tensor, lengths: Tensor, lam: float) -> Tensor:
+    """(1 - lam) * one-hot at frame length // 2 + lam * weights. weights (B, ..., T'), lengths (B,)."""
+    if lam >= 1.0:
+        return weights
+    one_hot = F.one_hot(lengths // 2, weights.shape[-1]).to(weights.dtype)
+    one_hot = one_hot.view(one_hot.shape[0], *([1] * (weights.dim() - 2)), one_hot.shape[-1])
+    return (1.0 - lam) * one_hot + lam * weights if lam > 0.0 else one_hot.expand_as(weights)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frontend
+
+
+class ConvFrontend(nn.Module):
+    """Three 3x3 conv2d layers over (time, feature) with ReLU, then a linear projection to D.
+
+    Time strides (1, 2, 2) give 4x subsampling, (1, 3, 2) the paper's 6x; max-pool by 2 on the feature axis
+    after conv1. With `zero_pad`, padded frames are zeroed before every convolution so they cannot leak into
+    valid ones.
+    """
+
+    def __init__(
+        self, feature_dim: int, channels: int, d_model: int, subsampling: int, dropout: float, zero_pad: bool
+    ):
+        super().__init__()
+        self.strides = FRONTEND_TIME_STRIDES[subsampling]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(1 if i == 0 else channels, channels, 3, stride=(s, 1), padding=1)
+            for i, s in enumerate(self.strides)
+        )
+        self.pool = nn.MaxPool2d(kernel_size=(1, 2))
+        self.proj = nn.Linear(channels * (feature_dim // 2), d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.zero_pad = zero_pad
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """features (B, T, F), lengths (B,) -> (B, T', D), (B,) subsampled lengths."""
+        x = features.unsqueeze(1)  # (B, 1, T, F)
+        for i, (conv, stride) in enumerate(zip(self.convs, self.strides, strict=True)):
+            if self.zero_pad:
+                x = x * lengths_to_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+            x = torch.relu(conv(x))
+            lengths = (lengths + stride - 1) // stride
+            if i == 0:
+                x = self.pool(x)
+        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
+        return self.dropout(self.proj(x)), lengths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conformer block
+
+
+class FeedForward(nn.Module):
+    """Linear D -> ffn_dim, swish or ReLU^2, dropout, Linear -> D, dropout. (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, activation: str, dropout: float):
+        super().__init__()
+        self.up = nn.Linear(d_model, ffn_dim)
+        self.down = nn.Linear(ffn_dim, d_model)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        h = F.silu(h) if self.activation == "swish" else torch.relu(h).square()
+        return self.dropout(self.down(self.dropout(h)))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with the configured positional scheme; scores scaled by 1/sqrt(d_head).
+
+    rel_shaw: a learned table of 2*clip+1 vectors of size d_head, shared over heads, adds q_i . r_{clip(j-i)}
+    to the logits (key term only, no biases: the paper's setting). rel_xl: Transformer-XL, sinusoidal offsets
+    through a linear projection plus the learned biases u (content) and v (position). rope: rotary q and k.
+    With `mixing=False` (the self-attention-off mitigation) a frame gets only out(value(x)), no mixing.
+    """
+
+    def __init__(
+        self, d_model: int, heads: int, pos_enc: str, rel_clip: int, att_dropout: float, dropout: float
+    ):
+        super().__init__()
+        self.heads, self.d_head = heads, d_model // heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.att_dropout = nn.Dropout(att_dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.shaw = pos_enc in ("rel_shaw", "abs+rel_shaw")
+        self.xl = pos_enc == "rel_xl"
+        self.rope = pos_enc == "rope"
+        self.rel_clip = rel_clip
+        if self.shaw:
+            self.pos_embed = nn.Parameter(torch.randn(2 * rel_clip + 1, self.d_head) * self.d_head**-0.5)
+        if self.xl:
+            self.pos_proj = nn.Linear(d_model, d_model, bias=False)
+            self.pos_bias_u = nn.Parameter(torch.zeros(heads, self.d_head))
+            self.pos_bias_v = nn.Parameter(torch.zeros(heads, self.d_head))
+
+    def _split(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.d_head).transpose(1, 2)  # (B, H, T, d)
+
+    def _relative_offsets(self, t: int, device: torch.device) -> Tensor:
+        """(T, T) offsets j - i of key j from query i."""
+        pos = torch.arange(t, device=device)
+        return pos[None, :] - pos[:, None]
+
+    def forward(self, x: Tensor, mask: Tensor, mixing: bool = True) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) (already layer-normed), mask (B, T) -> output (B, T, D), weights (B, H, T, T)."""
+        b, t, d = x.shape
+        if not mixing:
+            value = F.linear(x, self.qkv.weight[2 * d :], self.qkv.bias[2 * d :])
+            eye = torch.eye(t, device=x.device, dtype=x.dtype).expand(b, self.heads, t, t)
+            return self.dropout(self.out(value)), eye
+        q, k, v = (self._split(part) for part in self.qkv(x).chunk(3, dim=-1))
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        if self.xl:
+            scores = (q + self.pos_bias_u[:, None]) @ k.transpose(-1, -2)
+            # One projected sinusoid per offset in -(T-1)..T-1, then each (i, j) gathers its offset j - i.
+            offsets = torch.arange(-(t - 1), t, device=x.device)
+            pos = self.pos_proj(sinusoids(offsets, d).to(x.dtype)).view(2 * t - 1, self.heads, self.d_head)
+            by_offset = torch.einsum("bhid,khd->bhik", q + self.pos_bias_v[:, None], pos)  # (B, H, T, 2T-1)
+            index = (self._relative_offsets(t, x.device) + t - 1).expand(b, self.heads, t, t)
+            scores = scores + by_offset.gather(-1, index)
+        else:
+            scores = q @ k.transpose(-1, -2)
+        if self.shaw:
+            by_offset = q @ self.pos_embed.transpose(0, 1)  # (B, H, T, 2*clip+1)
+            clipped = self._relative_offsets(t, x.device).clamp(-self.rel_clip, self.rel_clip) + self.rel_clip
+            scores = scores + by_offset.gather(-1, clipped.expand(b, self.heads, t, t))
+        weights = masked_softmax(scores * self.d_head**-0.5, mask[:, None, None, :])
+        context = (self.att_dropout(weights) @ v).transpose(1, 2).reshape(b, t, d)
+        return self.dropout(self.out(context)), weights
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over (B, T, D) whose statistics use valid frames only; running statistics for eval."""
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+        self.momentum, self.eps = momentum, eps
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.training:
+            m = mask[:, :, None].to(x.dtype)
+            n = m.sum().clamp_min(1)
+            mean = (x * m).sum((0, 1)) / n
+            var = ((x - mean).square() * m).sum((0, 1)) / n
+            with torch.no_grad():
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.float(), self.momentum)
+                self.running_var.lerp_(unbiased.float(), self.momentum)
+        else:
+            mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ConvModule(nn.Module):
+    """Pointwise D -> 2D, GLU, depthwise conv in time ('same' length), norm, swish, pointwise D -> D."""
+
+    def __init__(self, d_model: int, kernel: int, norm: str, dropout: float, zero_pad: bool):
+        super().__init__()
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
+        self.padding = (kernel // 2, (kernel - 1) // 2)  # 'same' also for even kernels
+        self.batch_norm = norm == "batch"
+        self.norm = MaskedBatchNorm(d_model) if self.batch_norm else nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.zero_pad = zero_pad
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, D), mask (B, T) -> (B, T, D)."""
+        x = F.glu(self.pointwise_in(x), dim=-1)
+        if self.zero_pad:
+            x = x * mask[:, :, None].to(x.dtype)
+        x = self.depthwise(F.pad(x.transpose(1, 2), self.padding)).transpose(1, 2)
+        x = self.norm(x, mask) if self.batch_norm else self.norm(x)
+        return self.dropout(self.pointwise_out(F.silu(x)))
+
+
+class ConformerBlock(nn.Module):
+    """Pre-LN Macaron block: x += s*FFN1(LN x); x += MHSA(LN x); x += Conv(LN x); x += s*FFN2(LN x); LN(x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.ffn_scale = cfg.ffn_scale
+        self.ffn1_norm, self.att_norm, self.conv_norm, self.ffn2_norm, self.out_norm = (
+            nn.LayerNorm(d) for _ in range(5)
+        )
+        self.ffn1 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout)
+        self.ffn2 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout)
+        self.attention = MultiHeadSelfAttention(
+            d, cfg.heads, cfg.pos_enc, cfg.rel_clip, cfg.att_dropout, cfg.dropout
+        )
+        self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.dropout, cfg.pad_mode == "zero")
+
+    def forward(
+        self, x: Tensor, mask: Tensor, mixing: bool = True, collect: bool = False
+    ) -> tuple[Tensor, Tensor | None, dict[str, float] | None]:
+        """x (B, T', D) -> (B, T', D), and when collecting the attention weights and the dominance norms."""
+        ffn1 = self.ffn_scale * self.ffn1(self.ffn1_norm(x))
+        x = x + ffn1
+        mhsa, weights = self.attention(self.att_norm(x), mask, mixing)
+        norms = None
+        if collect:
+            # The paper's "dominance" check: a large MHSA output swamps the residual it is added to.
+            parts = {"ffn1": ffn1, "mhsa": mhsa, "residual": x}
+            norms = {name: masked_mean_norm(part, mask) for name, part in parts.items()}
+        x = x + mhsa
+        x = x + self.conv(self.conv_norm(x), mask)
+        x = x + self.ffn_scale * self.ffn2(self.ffn2_norm(x))
+        return self.out_norm(x), (weights if collect else None), norms
+
+
+class ConformerEncoder(nn.Module):
+    """Frontend, optional absolute positions, then L Conformer blocks. Returns every block's output."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        zero_pad = cfg.pad_mode == "zero"
+        self.frontend = ConvFrontend(
+            feature_dim, cfg.frontend_channels, cfg.d_model, cfg.subsampling, cfg.dropout, zero_pad
+        )
+        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.layers))
+
+    def forward(
+        self, features: Tensor, feature_lengths: Tensor, step: int | None = None, collect: bool = False
+    ) -> EncoderOutput:
+        """features (B, T, F), feature_lengths (B,) -> EncoderOutput with hidden (B, T', D) x (L+1)."""
+        x, lengths = self.frontend(features, feature_lengths)
+        if self.cfg.pos_enc in ("abs", "abs+rel_shaw"):
+            x = x + sinusoids(torch.arange(x.shape[1], device=x.device), x.shape[-1]).to(x.dtype)
+        mask = lengths_to_mask(lengths, x.shape[1])
+        mixing = step is None or step >= self.cfg.self_attention_off_steps
+        reverse_at = self.cfg.control_block if self.cfg.control == "reverse_encoder" else None
+        hidden, attention, norms = [x], [], []
+        for i, block in enumerate(self.blocks, start=1):
+            if i == reverse_at:
+                x = reverse_valid_frames(x, lengths)  # control only; hidden[i - 1] keeps the unreversed input
+            x, weights, block_norms = block(x, mask, mixing, collect)
+            hidden.append(x)
+            attention.append(weights)
+            norms.append(block_norms)
+        return EncoderOutput(
+            hidden=hidden,
+            lengths=lengths,
+            mask=mask,
+            self_attention=attention if collect else None,
+            block_norms=norms if collect else None,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoders
+
+
+class AdditiveAttention(nn.Module):
+    """energy_t = v . tanh(W_k h_t + W_q s + W_fb accum_t), softmax over valid frames (Bahdanau)."""
+
+    def __init__(self, enc_dim: int, query_dim: int, att_dim: int, weight_feedback: bool):
+        super().__init__()
+        self.key = nn.Linear(enc_dim, att_dim)
+        self.query = nn.Linear(query_dim, att_dim, bias=False)
+        self.feedback = nn.Linear(1, att_dim, bias=False) if weight_feedback else None
+        self.energy = nn.Linear(att_dim, 1, bias=False)
+
+    def forward(self, keys: Tensor, query: Tensor, accum: Tensor, mask: Tensor) -> Tensor:
+        """keys (B, T', A) = W_k h (precomputed), query (B, Q), accum (B, T') -> weights (B, T')."""
+        e = keys + self.query(query)[:, None, :]
+        if self.feedback is not None:
+            e = e + self.feedback(accum[:, :, None])
+        return masked_softmax(self.energy(torch.tanh(e)).squeeze(-1), mask)
+
+
+class LSTMDecoder(nn.Module):
+    """The paper's decoder: LSTM over [embedding of previous label, previous context], additive attention with
+    weight feedback, readout Linear([s, context, embedding]) -> maxout(2) -> dropout 0.3 -> Linear -> V.
+    (No zoneout: the paper's LSTM has it, ModelConfig has no knob for it.)
+    """
+
+    def __init__(self, cfg: ModelConfig, enc_dim: int, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.lstm = nn.LSTMCell(cfg.embed_dim + enc_dim, cfg.decoder_dim)
+        self.attention = AdditiveAttention(enc_dim, cfg.decoder_dim, cfg.attention_dim, cfg.weight_feedback)
+        self.fertility = nn.Linear(enc_dim, 1) if cfg.weight_feedback else None
+        readout_dim = cfg.decoder_dim - cfg.decoder_dim % 2  # maxout needs pairs
+        self.readout = nn.Linear(cfg.decoder_dim + enc_dim + cfg.embed_dim, readout_dim)
+        self.readout_dropout = nn.Dropout(0.3)
+        self.output = nn.Linear(readout_dim // 2, vocab_size)
+
+    def forward(
+        self, inputs: Tensor, enc: Tensor, lengths: Tensor, mask: Tensor, step: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """inputs (B, S) previous labels, enc (B, T', D) -> logits (B, S, V), cross-attention (B, S, T')."""
+        b, s = inputs.shape
+        lam = center_attention_lambda(step, self.cfg)
+        embedded = self.embed(inputs)  # (B, S, E)
+        keys = self.attention.key(enc)  # (B, T', A): once, outside the label loop
+        inv_fertility = None
+        if self.fertility is not None:
+            inv_fertility = 0.5 * torch.sigmoid(self.fertility(enc).squeeze(-1))  # (B, T')
+        state = enc.new_zeros(b, self.cfg.decoder_dim)
+        cell = enc.new_zeros(b, self.cfg.decoder_dim)
+        context = enc.new_zeros(b, enc.shape[-1])
+        accum = enc.new_zeros(b, enc.shape[1])
+        states, contexts, weights_all = [], [], []
+        for i in range(s):
+            state, cell = self.lstm(torch.cat([embedded[:, i], context], dim=-1), (state, cell))
+            weights = apply_center_attention(self.attention(keys, state, accum, mask), lengths, lam)
+            context = (weights[:, :, None] * enc).sum(1)
+            if inv_fertility is not None:
+                accum = accum + weights * inv_fertility
+            states.append(state)
+            contexts.append(context)
+            weights_all.append(weights)
+        readout = torch.cat([torch.stack(states, 1), torch.stack(contexts, 1), embedded], dim=-1)
+        readout = self.readout(readout)
+        readout = readout.unflatten(-1, (-1, 2)).amax(-1)  # maxout, 2 pieces
+        return self.output(self.readout_dropout(readout)), torch.stack(weights_all, 1)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention from (B, S, D) queries to (B, T', D) memory; returns weights (B, H, S, T')."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.d_head = heads, d // heads
+        self.query = nn.Linear(d, d)
+        self.key_value = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.d_head).transpose(1, 2)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, key_mask: Tensor, lengths: Tensor | None = None, lam: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """key_mask broadcasts to (B, H, S, T'); with lengths given, centre attention blends in by `lam`."""
+        q = self._split(self.query(x))
+        k, v = (self._split(part) for part in self.key_value(memory).chunk(2, dim=-1))
+        weights = masked_softmax((q @ k.transpose(-1, -2)) * self.d_head**-0.5, key_mask)
+        if lengths is not None:
+            weights = apply_center_attention(weights, lengths, lam)
+        context = (self.dropout(weights) @ v).transpose(1, 2).flatten(2)
+        return self.out(context), weights
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Pre-LN: causal self-attention, cross-attention to the encoder, FFN (4x width, ReLU)."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_norm, self.cross_norm, self.ffn_norm = (nn.LayerNorm(d) for _ in range(3))
+        self.self_attention = MultiHeadAttention(d, heads, dropout)
+        self.cross_attention = MultiHeadAttention(d, heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, causal: Tensor, mask: Tensor, lengths: Tensor, lam: float
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, S, d), memory (B, T', d) -> (B, S, d), cross-attention weights (B, H, S, T')."""
+        h = self.self_norm(x)
+        x = x + self.dropout(self.self_attention(h, h, causal)[0])
+        out, weights = self.cross_attention(self.cross_norm(x), memory, mask[:, None, None, :], lengths, lam)
+        x = x + self.dropout(out)
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), weights
+
+
+class TransformerDecoder(nn.Module):
+    """Label embedding + sinusoidal positions, pre-LN layers, final LN, output Linear -> V."""
+
+    def __init__(self, cfg: ModelConfig, enc_dim: int, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.decoder_dim
+        self.embed = nn.Embedding(vocab_size, d)
+        self.enc_proj = nn.Linear(enc_dim, d) if enc_dim != d else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(d, cfg.decoder_heads, cfg.dropout) for _ in range(cfg.decoder_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.output = nn.Linear(d, vocab_size)
+
+    def forward(
+        self, inputs: Tensor, enc: Tensor, lengths: Tensor, mask: Tensor, step: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """inputs (B, S), enc (B, T', D) -> logits (B, S, V), attention (B, S, T') (mean: heads, layers)."""
+        s = inputs.shape[1]
+        lam = center_attention_lambda(step, self.cfg)
+        x = self.embed(inputs) + sinusoids(torch.arange(s, device=inputs.device), self.embed.embedding_dim)
+        x = self.dropout(x)
+        memory = self.enc_proj(enc)
+        causal = torch.ones(s, s, dtype=torch.bool, device=inputs.device).tril()
+        weights = []
+        for layer in self.layers:
+            x, w = layer(x, memory, causal, mask, lengths, lam)
+            weights.append(w.mean(1))
+        return self.output(self.norm(x)), torch.stack(weights).mean(0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+
+
+class ConformerAED(nn.Module):
+    """Conformer encoder + attention decoder (LSTM or Transformer) + optional CTC heads on chosen blocks."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.encoder = ConformerEncoder(cfg, feature_dim)
+        decoder = LSTMDecoder if cfg.decoder == "lstm" else TransformerDecoder
+        self.decoder = decoder(cfg, cfg.d_model, vocab_size)
+        # One extra class: the CTC blank is the last index, V.
+        self.ctc_heads = nn.ModuleDict(
+            {str(b): nn.Linear(cfg.d_model, vocab_size + 1) for b in cfg.ctc_layers}
+        )
+
+    def encode(
+        self, features: Tensor, feature_lengths: Tensor, step: int | None = None, collect: bool = False
+    ) -> EncoderOutput:
+        """features (B, T, F) -> EncoderOutput (hidden: L+1 tensors (B, T', D))."""
+        return self.encoder(features, feature_lengths, step, collect)
+
+    def forward(
+        self,
+        features: Tensor,
+        feature_lengths: Tensor,
+        labels: Tensor,
+        label_lengths: Tensor,
+        step: int | None = None,
+        collect: bool = False,
+    ) -> AEDOutput:
+        """Teacher-forced pass: decoder input [BOS, a_1..a_N], targets [a_1..a_N, EOS]; S = max(N) + 1."""
+        enc = self.encode(features, feature_lengths, step, collect)
+        n = int(label_lengths.max())
+        target_mask = lengths_to_mask(label_lengths + 1, n + 1)
+        labels = labels[:, :n] * target_mask[:, :n]  # padding -> 0, whatever the caller padded with
+        targets = F.pad(labels, (0, 1), value=EOS)  # (B, S): the EOS lands at position N_b, 0 after it
+        inputs = F.pad(labels, (1, 0), value=EOS)  # (B, S): BOS first
+        logits, cross_attention = self.decoder(inputs, enc.hidden[-1], enc.lengths, enc.mask, step)
+        ctc_logits = {int(b): head(enc.hidden[int(b)]) for b, head in self.ctc_heads.items()}
+        return AEDOutput(logits, targets, target_mask, cross_attention, enc, ctc_logits)
+
+    def loss(
+        self, out: AEDOutput, label_smoothing: float, ctc_scale: float
+    ) -> tuple[Tensor, dict[str, float]]:
+        """CE (label-smoothed, mean over real targets) + ctc_scale * each CTC loss (summed / #labels).
+
+        Returns (total, {"ce", "ctc" (sum of the unscaled CTC losses, 0.0 if none), "accuracy"}).
+        """
+        logits, targets = out.logits[out.target_mask].float(), out.targets[out.target_mask]
+        ce = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        label_lengths = out.target_mask.sum(1) - 1
+        ctc_total = logits.new_zeros(())
+        for ctc_logits in out.ctc_logits.values():
+            log_probs = ctc_logits.float().log_softmax(-1).transpose(0, 1)  # (T', B, V+1)
+            ctc = F.ctc_loss(
+                log_probs,
+                out.targets,
+                out.encoder.lengths,
+                label_lengths,
+                blank=self.vocab_size,
+                reduction="sum",
+                zero_infinity=True,
+            )
+            ctc_total = ctc_total + ctc / label_lengths.sum().clamp_min(1)  # per label, like the CE
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        total = ce + ctc_scale * ctc_total
+        stats = {"ce": ce.detach().item(), "ctc": ctc_total.detach().item(), "accuracy": accuracy.item()}
+        return total, stats
