@@ -23,6 +23,14 @@ from sweep.stats import IncidenceReport, decided_runs, level_order, natural_runs
 LABEL_COLORS = {"normal": "#4c72b0", "reversed": "#c44e52", "undecided": "#8c8c8c", "failed": "#222222"}
 STYLE = "whitegrid"
 DPI = 110
+MAX_ANNOTATED = 12  # most levels per panel that get a k/n label
+
+
+def _level_text(level) -> str:
+    """A factor level as a tick label: numbers with 3 significant digits, everything else as is."""
+    if isinstance(level, float):
+        return f"{level:.3g}"
+    return str(level)
 
 
 def _figure(panels: int = 1, panel_size: tuple[float, float] = (4.2, 3.4), max_columns: int = 3):
@@ -86,21 +94,25 @@ def plot_rate_by_factor(report: IncidenceReport, path: str | Path) -> Path:
         below = np.nan_to_num(rate - part["ci_low"].to_numpy(dtype=float))
         above = np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - rate)
         ax.errorbar(x, rate, yerr=[below, above], fmt="o", color=color, capsize=4, markersize=6)
-        for xi, row in zip(x, part.itertuples(index=False), strict=True):
-            # k/n above each bar, so that 1/2 and 50/100 do not look alike.
-            top = 0.0 if math.isnan(row.ci_high) else row.ci_high
-            ax.annotate(
-                f"{row.reversed}/{row.decided}",
-                (xi, top),
-                xytext=(0, 3),
-                textcoords="offset points",
-                ha="center",
-                fontsize=8,
-            )
+        # k/n above each bar, so that 1/2 and 50/100 do not look alike; only where the labels fit, since a
+        # sampled continuous factor can have one level per run.
+        if len(part) <= MAX_ANNOTATED:
+            for xi, row in zip(x, part.itertuples(index=False), strict=True):
+                top = 0.0 if math.isnan(row.ci_high) else row.ci_high
+                ax.annotate(
+                    f"{row.reversed}/{row.decided}",
+                    (xi, top),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                )
         if not math.isnan(overall):
             ax.axhline(overall, color="0.5", linestyle="--", linewidth=1, label=f"all runs {overall:.0%}")
             ax.legend(loc="best", fontsize=8, frameon=False)
-        ax.set_xticks(x, [str(level) for level in part["level"]], rotation=30 if len(part) > 3 else 0)
+        ticks = [_level_text(v) for v in part["level"]]
+        crowded = sum(len(t) + 3 for t in ticks) > 40  # roughly what fits under one panel unrotated
+        ax.set_xticks(x, ticks, rotation=45 if crowded else 0, ha="right" if crowded else "center")
         ax.set_xlim(-0.5, len(part) - 0.5)
         ax.set_ylim(-0.02, 1.1)
         ax.set_title(name, fontsize=10)
@@ -132,6 +144,8 @@ def plot_heatmap(report: IncidenceReport, path: str | Path, factors: Sequence[st
     k = k.reindex(index=level_order(trials[rows_f]), columns=level_order(trials[cols_f]))
     n = n.reindex(index=k.index, columns=k.columns)
     rate = (k / n).astype(float)
+    rate.index = [_level_text(v) for v in rate.index]
+    rate.columns = [_level_text(v) for v in rate.columns]
     labels = np.array(
         [
             [f"{int(a)}/{int(b)}" if b == b and b > 0 else "0/0" for a, b in zip(kr, nr, strict=True)]

@@ -41,6 +41,7 @@ FISHER_COLUMNS += ["baseline_rate", "odds_ratio", "p_value", "p_holm"]
 REGRESSION_COLUMNS = ["term", "odds_ratio", "ci_low", "ci_high", "p_value"]
 CURVE_COLUMNS = ["factor", "group", "step", "at_risk", "events", "survival", "ci_low", "ci_high"]
 CURVE_COLUMNS += ["median_time_to_flip"]
+MAX_CURVES = 8  # most time-to-flip curves per factor in a report
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -181,7 +182,10 @@ def marginal_rates(df: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
     for factor in factors:
         for level in level_order(df[factor]):
             rows.append({"factor": factor, "level": level, **_counts(df.loc[df[factor] == level, "label"])})
-    return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
+    out = pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
+    # Levels of different factors share a column; keep each one's own type (no 4 -> 4.0).
+    out["level"] = pd.Series([row["level"] for row in rows], dtype=object)
+    return out
 
 
 def fisher_vs_baseline(df: pd.DataFrame, baseline_cell: str) -> pd.DataFrame:
@@ -271,7 +275,9 @@ def _fit_logit(y: pd.Series, design: pd.DataFrame):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = Logit(y.to_numpy(dtype=float), design).fit(method="newton", maxiter=100, disp=False)
+            result = Logit(y.astype(float).rename("reversed"), design).fit(
+                method="newton", maxiter=100, disp=False
+            )
         except (PerfectSeparationError, np.linalg.LinAlgError, ValueError) as exc:
             raise NotEstimable(f"the fit failed ({type(exc).__name__}: {exc})") from None
     messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
@@ -414,8 +420,8 @@ def time_to_flip_curve(df: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
 
     Event: a `reversed` run with a `time_to_flip`. Every other run (normal, undecided, or reversed without
     a recorded flip step) is censored at its `steps`; failed runs are left out. With `by`, one curve per
-    level of that factor. Columns: factor (`by` or "all"), group, step, at_risk, events, survival, ci_low, ci_high,
-    median_time_to_flip (nan when the curve never reaches 0.5).
+    level of that factor. Columns: factor (`by` or "all"), group, step, at_risk, events, survival, ci_low,
+    ci_high (log-log 95 %), median_time_to_flip (nan when the curve never reaches 0.5).
     """
     df = natural_runs(prepare(df, [by] if by else []))
     df = df[df["label"] != "failed"]
@@ -550,7 +556,8 @@ class IncidenceReport:
             self.regression_summary,
         ]
         if len(self.fisher):
-            lines += ["", f"Fisher exact tests against {self.baseline_cell}:", _frame_text(self.fisher)]
+            fisher = self.fisher.drop(columns="baseline")  # named in the heading instead
+            lines += ["", f"Fisher exact tests against {self.baseline_cell}:", _frame_text(fisher)]
         if self.notes:
             lines += ["", "Notes:", *(f"- {note}" for note in self.notes)]
         return "\n".join(lines) + "\n"
@@ -631,10 +638,11 @@ def incidence_report(
         reference = {f: base[f] for f in factors}
     regression, summary = logistic_regression(trials, factors, reference)
 
-    # One overall time-to-flip curve, plus one set per factor that varies among natural runs.
+    # One overall time-to-flip curve, plus one set per factor that varies among natural runs, unless it has
+    # so many levels (a sampled continuous factor) that every curve would follow a run or two.
     natural = natural_runs(trials)
-    curves = [time_to_flip_curve(trials)]
-    curves += [time_to_flip_curve(trials, by=f) for f in varying_factors(natural, factors)]
+    by = [f for f in varying_factors(natural, factors) if natural[f].nunique() <= MAX_CURVES]
+    curves = [time_to_flip_curve(trials)] + [time_to_flip_curve(trials, by=f) for f in by]
     curves = [c for c in curves if len(c)]
     curve = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
 

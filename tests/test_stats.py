@@ -168,8 +168,16 @@ def test_regression_finds_a_clear_effect():
             runs("a", 2, 3, **{POS: "abs", WARMUP: 0.05}) + runs("b", 3, 2, **{POS: "rel", WARMUP: 0.45}),
             "singular",
         ),
+        (
+            # Every level is mixed, yet abs+0.05 is all reversed and rel+0.45 all normal: only the fit sees.
+            runs("a", 3, 0, **{POS: "abs", WARMUP: 0.05})
+            + runs("b", 2, 2, **{POS: "abs", WARMUP: 0.45})
+            + runs("c", 2, 2, **{POS: "rel", WARMUP: 0.05})
+            + runs("d", 0, 3, **{POS: "rel", WARMUP: 0.45}),
+            "does not converge",
+        ),
     ],
-    ids=["all-normal", "no-decided", "separation", "confounded"],
+    ids=["all-normal", "no-decided", "separation", "confounded", "separation-by-combination"],
 )
 def test_regression_says_why_it_is_not_estimable(rows, reason):
     df = trials(*rows)

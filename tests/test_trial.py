@@ -106,7 +106,9 @@ def test_warmup_constant_schedule():
 
 
 def test_spec_augment_masks_within_length():
-    cfg = build_config({"train.specaug_time_masks": 3, "train.specaug_time_width": 5}).train
+    cfg = build_config(
+        {"train.specaug_time_masks": 3, "train.specaug_time_width": 5, "train.specaug_feature_masks": 0}
+    ).train
     features = torch.ones(4, 50, 10)
     lengths = torch.tensor([50, 30, 20, 10])
     masked = spec_augment(features, lengths, cfg, torch.Generator().manual_seed(0))

@@ -1,0 +1,350 @@
+"""The flip detector on constructed signals (directions, flip block, labels, verdicts) and on a tiny real model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from trainers.config import DetectorConfig, build_config
+from trainers.detector import (
+    Evaluation,
+    attention_argmax,
+    attention_direction,
+    block_directions,
+    classify,
+    dominance_ratios,
+    evaluate,
+    flip_block,
+    gradient_alignment,
+    gradient_maps,
+    masked_spearman,
+    miss_rate,
+    self_attention_directions,
+    should_stop,
+    spearman_direction,
+    time_to_flip,
+    verdict,
+)
+from trainers.plots import plot_attention, plot_gradients
+
+MODEL_WRITTEN = (Path(__file__).parents[1] / "trainers" / "model.py").exists()
+needs_model = pytest.mark.skipif(not MODEL_WRITTEN, reason="trainers/model.py is not written yet")
+CFG = DetectorConfig()  # min_accuracy 0.5, min_peak 0.2, min_direction 0.5, confirm 2, patience 3
+
+
+# -- Spearman and attention direction --------------------------------------------------------------------
+def test_spearman_direction_signs_and_constant():
+    assert spearman_direction(np.array([0.5, 2.0, 7.0])) == pytest.approx(1.0)
+    assert spearman_direction(np.array([7.0, 2.0, 0.5])) == pytest.approx(-1.0)
+    assert spearman_direction(np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
+    assert spearman_direction(np.full(5, 3.0)) == 0.0
+    assert spearman_direction(np.array([4.0])) == 0.0
+
+
+def test_masked_spearman_matches_scipy_with_ties_and_padding():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5, size=(6, 9)).astype(float)  # many ties
+    counts = np.array([9, 8, 5, 3, 7, 2])
+    values[np.arange(9)[None, :] >= counts[:, None]] = 99.0  # padding must not count
+    expected = [spearmanr(np.arange(n), v[:n]).statistic for v, n in zip(values, counts, strict=True)]
+    expected = np.nan_to_num(expected)  # scipy: NaN for constant input; ours: 0
+    np.testing.assert_allclose(masked_spearman(values, counts), expected, atol=1e-12)
+
+
+def one_hot_rows(frames: list[int], num_frames: int) -> np.ndarray:
+    rows = np.zeros((len(frames), num_frames))
+    rows[np.arange(len(frames)), frames] = 1.0
+    return rows
+
+
+def test_attention_direction_diagonal_antidiagonal_uniform():
+    t = 8
+    attention = np.zeros((3, 4, t))
+    # Three labels then EOS; the EOS row sits where it would break the direction if it were counted.
+    attention[0] = one_hot_rows([1, 3, 5, 0], t)
+    attention[1] = one_hot_rows([6, 4, 2, 7], t)
+    attention[2, :3, :6] = 1 / 6  # two labels + EOS, uniform over 6 valid frames
+    target_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    directions, peak = attention_direction(torch.from_numpy(attention), target_mask, torch.tensor([8, 8, 6]))
+    np.testing.assert_allclose(directions, [1.0, -1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(peak, [1.0, 1.0, 1 / 6])
+
+
+def test_attention_argmax_maps_reversed_frames_back():
+    attention = np.stack([one_hot_rows([6, 4, 2], 8)])
+    assert attention_argmax(attention, np.array([3]), np.array([8]), reverse=False)[0].tolist() == [6, 4, 2]
+    assert attention_argmax(attention, np.array([3]), np.array([8]), reverse=True)[0].tolist() == [1, 3, 5]
+
+
+# -- gradient-map directions and the flip block ----------------------------------------------------------
+def bump_map(num_labels: int, length: int, padded: tuple[int, int], forwards: bool) -> np.ndarray:
+    """(S_pad, T_pad) Gaussian bumps on the diagonal (or anti-diagonal) of the valid block; garbage in the
+    padded frames (an anti-diagonal) checks that padding is ignored."""
+    rows, frames = padded
+    centres = np.linspace(1, length - 2, num_labels)
+    if not forwards:
+        centres = centres[::-1]
+    grid = np.zeros((rows, frames))
+    t = np.arange(length)
+    grid[:num_labels, :length] = np.exp(-0.5 * (t[None, :] - centres[:, None]) ** 2)
+    grid[:num_labels, length:] = 50.0 * np.arange(num_labels, 0, -1)[:, None]
+    return grid
+
+
+def stacked_maps(forwards: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L+1, U=2, S=4, T'=12) maps, one bool per block; utterances with (4 labels, 12 frames), (3, 9)."""
+    label_lengths, enc_lengths = np.array([4, 3]), np.array([12, 9])
+    maps = np.stack(
+        [
+            np.stack([bump_map(n, t, (4, 12), f) for n, t in zip(label_lengths, enc_lengths, strict=True)])
+            for f in forwards
+        ]
+    )
+    return maps, label_lengths, enc_lengths
+
+
+def test_block_directions_all_forwards_has_no_flip():
+    maps, labels, frames = stacked_maps([True] * 5)
+    directions = block_directions(maps, labels, frames)
+    np.testing.assert_allclose(directions, np.ones(5))
+    assert flip_block(directions, 0.5) is None
+
+
+def test_block_directions_find_the_flipping_block():
+    maps, labels, frames = stacked_maps([True, True, True, False, False])
+    directions = block_directions(torch.from_numpy(maps), torch.from_numpy(labels), torch.from_numpy(frames))
+    np.testing.assert_allclose(directions, [1, 1, 1, -1, -1])
+    assert flip_block(directions, 0.5) == 3
+
+
+def test_backwards_encoder_input_is_not_a_flip():
+    # G_0 backwards too: the input itself runs backwards, no block flipped anything (the trap).
+    maps, labels, frames = stacked_maps([False, True, False, False, False])
+    directions = block_directions(maps, labels, frames)
+    np.testing.assert_allclose(directions, [-1, 1, -1, -1, -1])
+    assert flip_block(directions, 0.5) is None
+
+
+def test_flip_block_needs_every_later_block_backwards():
+    assert flip_block([1.0, -0.9, 0.2, -0.9, -0.8], 0.5) == 3
+    assert flip_block([0.9, 0.9, -0.4], 0.5) is None  # last block not clearly backwards
+    assert flip_block([0.4, -0.9, -0.9], 0.5) is None  # input not clearly forwards
+    assert flip_block([0.9, -0.9], 0.5) == 1
+
+
+# -- mechanism ---------------------------------------------------------------------------------------------
+def test_self_attention_direction_diagonal_and_antidiagonal():
+    t = 6
+    lengths = np.array([6, 4])
+    eye = np.broadcast_to(np.eye(t), (2, 2, t, t)).copy()
+    anti = np.zeros((2, 2, t, t))
+    for b, n in enumerate(lengths):
+        anti[b, :, np.arange(n), n - 1 - np.arange(n)] = 1.0  # each valid frame attends to its mirror
+        anti[b, :, n:, :] = np.eye(t)[n:]  # padded queries: must not count
+    directions = self_attention_directions([torch.from_numpy(eye), torch.from_numpy(anti)], lengths)
+    assert directions == pytest.approx([1.0, -1.0])
+
+
+def test_dominance_ratios():
+    norms = [{"ffn1": 2.0, "mhsa": 1.0, "residual": 4.0}, {"ffn1": 0.0, "mhsa": 6.0, "residual": 3.0}]
+    ffn, residual = dominance_ratios(norms)
+    assert ffn[0] == 0.5 and math.isnan(ffn[1])
+    assert residual == [0.25, 2.0]
+
+
+# -- alignment on G_0 and miss rates ------------------------------------------------------------------------
+def test_gradient_alignment_maps_spans_to_input_frames():
+    maps_0 = np.zeros((2, 2, 5))
+    maps_0[0, 0, 0:2] = 1.0  # label 0 on encoder frames 0-1
+    maps_0[0, 1, 3:5] = 1.0  # label 1 on 3-4 (the last frame is clipped to the input length)
+    maps_0[1, 0, 1] = 1.0  # second utterance: one label, but only 0 valid frames -> not alignable
+    aligned = gradient_alignment(
+        maps_0, np.array([2, 1]), np.array([5, 0]), np.array([18, 3]), subsampling=4, blank_score=-4.0
+    )
+    assert aligned == [[(0, 8), (12, 18)], None]
+
+
+def test_miss_rate_uses_widened_encoder_spans():
+    # True spans in input frames, subsampling 4: (8, 16) -> encoder [2, 4) widened to [1, 5).
+    spans = [[(8, 16), (16, 24)]]  # second -> [4, 6) widened to [3, 7)
+    assert miss_rate([np.array([1, 7])], spans, 4) == pytest.approx(0.5)  # 1 hit, 7 misses
+    assert miss_rate([np.array([4, 3])], spans, 4) == 0.0
+    assert math.isnan(miss_rate([], [], 4))
+
+
+# -- labels, verdict, early stopping ---------------------------------------------------------------------
+def reading(
+    attention: float, peak: float, accuracy: float, blocks: list[float], step: int = 100, **kw
+) -> Evaluation:
+    return Evaluation(
+        step=step,
+        loss=1.0,
+        accuracy=accuracy,
+        attention_direction=attention,
+        attention_peak=peak,
+        block_directions=blocks,
+        **kw,
+    )
+
+
+def test_classify_rejects_the_flat_attention_trap():
+    trap = reading(-0.9, 0.05, 0.25, [0.9, 0.9, 0.9])
+    assert classify(trap, CFG) == "undecided"
+    # Even when the attention is sharp and the model accurate, a forwards encoder vetoes `reversed`.
+    assert classify(reading(-0.9, 0.6, 0.9, [0.9, 0.9, 0.9]), CFG) == "undecided"
+
+
+def test_classify_reversed_normal_and_disagreement():
+    assert classify(reading(-0.9, 0.6, 0.9, [0.9, 0.8, -0.9]), CFG) == "reversed"
+    assert classify(reading(0.95, 0.6, 0.9, [0.9, 0.9, 0.9]), CFG) == "normal"
+    assert classify(reading(0.95, 0.6, 0.9, [0.9, 0.9, -0.9]), CFG) == "undecided"  # encoder disagrees
+    assert classify(reading(-0.9, 0.6, 0.9, [-0.9, -0.9, -0.9]), CFG) == "undecided"  # input backwards
+    assert classify(reading(0.3, 0.6, 0.9, [0.9, 0.9, 0.9]), CFG) == "undecided"  # not monotonic
+    assert classify(reading(0.95, 0.6, 0.4, [0.9, 0.9, 0.9]), CFG) == "undecided"  # inaccurate
+
+
+def history(*labels: str, every: int = 100) -> list[Evaluation]:
+    return [
+        reading(0.0, 0.5, 0.9, [0.9, -0.9], step=every * (i + 1), label=label, flip_block=1)
+        for i, label in enumerate(labels)
+    ]
+
+
+def test_verdict_confirms_label_and_times_the_flip():
+    result = verdict(history("undecided", "reversed", "normal", "reversed", "reversed"), CFG)
+    assert result["label"] == "reversed"
+    assert result["time_to_flip"] == 400  # reversed from the 4th evaluation on
+    assert result["flip_block"] == 1
+    assert result["step"] == 500
+
+
+def test_verdict_unconfirmed_or_not_reversed():
+    result = verdict(history("reversed", "reversed", "normal"), CFG)
+    assert result["label"] == "undecided" and result["time_to_flip"] is None
+    assert result["flip_block"] is None
+    result = verdict(history("normal", "normal"), CFG)
+    assert result["label"] == "normal" and result["flip_block"] is None
+    assert verdict(history("reversed"), CFG)["label"] == "undecided"  # one evaluation is not confirmed
+    assert time_to_flip(history("normal", "reversed")) == 200
+    assert verdict([], CFG)["label"] == "undecided"
+
+
+def test_should_stop():
+    on = CFG.model_copy(update={"early_stop": True})  # patience 3, min_steps 300
+    assert should_stop(history("normal", "normal", "normal"), on)
+    assert not should_stop(history("normal", "normal", "normal"), CFG)  # early stop off
+    assert not should_stop(history("normal", "normal", "normal", every=90), on)  # step 270 < 300
+    assert not should_stop(history("undecided", "undecided", "undecided"), on)
+    assert not should_stop(history("reversed", "normal", "normal"), on)
+    assert not should_stop(history("normal", "normal"), on)
+    assert should_stop(history("normal", "reversed", "reversed", "reversed"), on)
+
+
+def test_evaluation_metrics_and_dict():
+    e = reading(-0.8, 0.5, 0.9, [0.9, 0.2, -0.6], label="reversed", mhsa_ffn_ratio=[1.0, 3.0])
+    e.arrays = {"attention": np.zeros((1, 2, 3))}
+    assert e.reversal_score == pytest.approx(0.7)  # -(-0.8 + -0.6) / 2
+    metrics = e.metrics()
+    assert metrics["label_code"] == -1.0 and metrics["flip_block"] == -1.0 and metrics["shifted"] == 0.0
+    assert metrics["block_direction_2"] == -0.6 and metrics["mhsa_ffn_ratio_2"] == 3.0
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert "arrays" not in metrics and "label" not in metrics
+    as_dict = e.to_dict()
+    assert "arrays" not in as_dict and as_dict["label"] == "reversed"
+    json.dumps(as_dict)
+
+
+# -- the real model -------------------------------------------------------------------------------------------
+TINY_MODEL = {
+    "model.d_model": 16,
+    "model.layers": 2,
+    "model.heads": 2,
+    "model.ffn_dim": 32,
+    "model.frontend_channels": 4,
+    "model.conv_kernel": 3,
+    "model.decoder_dim": 16,
+    "model.embed_dim": 8,
+    "model.attention_dim": 8,
+}
+FEATURES, VOCAB = 8, 6
+
+
+def tiny_model(**overrides):
+    from trainers.model import ConformerAED
+
+    cfg = build_config({**TINY_MODEL, **{f"model.{k}": v for k, v in overrides.items()}}).model
+    torch.manual_seed(0)
+    return ConformerAED(cfg, FEATURES, VOCAB)
+
+
+def tiny_batch():
+    from trainers.data import Batch
+
+    g = torch.Generator().manual_seed(1)
+    lengths, label_lengths = torch.tensor([29, 17, 12]), torch.tensor([4, 2, 3])
+    features = torch.randn(3, 29, FEATURES, generator=g)
+    features = features * (torch.arange(29)[None, :, None] < lengths[:, None, None])
+    labels = torch.randint(1, VOCAB, (3, 4), generator=g) * (torch.arange(4)[None, :] < label_lengths[:, None])
+    spans = [[(4 * i, 4 * i + 4) for i in range(n)] for n in label_lengths.tolist()]
+    return Batch(features, lengths, labels, label_lengths, spans)
+
+
+def per_label_reference(model, batch) -> torch.Tensor:
+    """Slow G maps: one forward of the batch, then one backward per (utterance, label)."""
+    model.eval()
+    out = model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths)
+    log_probs = out.logits.log_softmax(-1).gather(-1, out.targets[..., None]).squeeze(-1)  # (U, S+1)
+    u_count, s_count = batch.labels.shape
+    maps = torch.zeros(len(out.encoder.hidden), u_count, s_count, out.encoder.mask.shape[1])
+    for u in range(u_count):
+        for s in range(int(batch.label_lengths[u])):
+            grads = torch.autograd.grad(log_probs[u, s], out.encoder.hidden, retain_graph=True)
+            for i, g in enumerate(grads):
+                maps[i, u, s] = g[u].norm(dim=-1) * out.encoder.mask[u]
+    return maps
+
+
+@needs_model
+def test_gradient_maps_match_a_per_label_reference():
+    model, batch = tiny_model(), tiny_batch()
+    model.train()
+    maps = gradient_maps(model, batch, step=10, utterances=3)
+    assert model.training  # mode restored
+    assert maps.shape == (3, 3, 4, 8)  # (L+1, U, S, T'): T' = ceil(29 / 4)
+    assert maps[:, 1, 2:].abs().max() == 0 and maps[:, 2, 3:].abs().max() == 0  # padded labels
+    assert maps[:, 2, :3, 3:].abs().max() == 0  # padded frames (12 input frames -> 3)
+    assert maps[:, 0].min() >= 0 and maps[:, 0].sum() > 0
+    torch.testing.assert_close(maps, per_label_reference(model, batch), atol=1e-5, rtol=1e-5)
+
+
+@needs_model
+def test_gradient_maps_of_a_subset_match_the_full_batch():
+    model, batch = tiny_model(decoder="transformer", decoder_layers=1), tiny_batch()
+    full = gradient_maps(model, batch, step=None, utterances=3)
+    first = gradient_maps(model, batch, step=None, utterances=1)  # trimmed to its own 4 labels, 8 frames
+    torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=1e-5)
+
+
+@needs_model
+def test_evaluate_on_a_tiny_model_and_plot(tmp_path):
+    model, batch = tiny_model(), tiny_batch()
+    model.train()
+    cfg = DetectorConfig(gradient_utterances=2)
+    e = evaluate(model, batch, step=3, cfg=cfg, subsampling=4, label_smoothing=0.1)
+    assert model.training
+    assert len(e.block_directions) == 3 and len(e.mhsa_ffn_ratio) == len(e.self_attention_direction) == 2
+    assert e.label in ("normal", "reversed", "undecided") and e.step == 3
+    assert 0 <= e.accuracy <= 1 and math.isfinite(e.loss) and math.isfinite(e.tse_boundary_ms)
+    assert e.arrays["attention"].shape == (3, 4, 8) and e.arrays["gradient_maps"].shape == (3, 4, 8)
+    json.dumps(e.to_dict())
+    plot_attention(tmp_path / "attention.png", e.arrays)
+    plot_gradients(tmp_path / "gradients.png", e.arrays)
+    plot_gradients(tmp_path / "empty.png", {})
+    for name in ("attention.png", "gradients.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
