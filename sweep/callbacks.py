@@ -14,8 +14,8 @@ from typing import Any
 
 from ray import tune
 from rich.console import Console
-from sweep.registry import get_trainer
 
+from sweep.registry import get_trainer
 from sweep.tracking import Tracker
 from sweep.trainable import trial_key, trial_overrides
 

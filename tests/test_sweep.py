@@ -144,16 +144,16 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     )
     driver = sweep(tmp_path, space, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    db = tmp_path / "mlflow.db"
-    # Kill once the first trial has reported, i.e. mid-sweep, with trials both done and pending.
+    # Kill once a trial has saved a checkpoint, i.e. mid-sweep, with trials both started and pending.
+    # (Poll the files, not MLflow: a second client could race the driver's creation of the database.)
     while time.time() < deadline:
-        if db.exists() and any(c.data.metrics for c in runs(tmp_path)[2]):
+        if list((tmp_path / "results").glob("*/*/checkpoint_*")):
             break
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     resumed = sweep(tmp_path, space, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, parents, children = runs(tmp_path)

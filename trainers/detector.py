@@ -513,7 +513,7 @@ def classify(e: Evaluation, cfg: DetectorConfig) -> str:
     if not e.block_directions:
         return "undecided"
     first, last = e.block_directions[0], e.block_directions[-1]
-    if e.attention_direction <= -m and last <= -m:
+    if e.attention_direction <= -m and first >= m and last <= -m:
         return "reversed"
     if e.attention_direction >= m and last >= m:
         return "normal"

@@ -14,8 +14,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 PANEL_COLUMNS = 4
+LOG_RANGE = 3.0  # colour range of the gradient maps, in natural-log units below each row's maximum
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -29,6 +31,13 @@ def _save(figure: Figure, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     figure.clear()  # free the artists now; the figure is not tracked by pyplot
+
+
+def _frame_axes(axes) -> None:
+    axes.set_xlabel("encoder frame")
+    axes.set_ylabel("label")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _empty(path: str | Path, message: str) -> None:
@@ -68,8 +77,7 @@ def plot_attention(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
             axes.add_patch(box)
         direction = float(arrays["attention_directions"][i])
         axes.set_title(f"utterance {i}: direction {direction:+.2f}")
-        axes.set_xlabel("encoder frame")
-        axes.set_ylabel("label")
+        _frame_axes(axes)
         figure.colorbar(image, ax=axes, label="attention weight")
     figure.suptitle("Cross-attention (red boxes: true label spans)")
     _save(figure, path)
@@ -78,7 +86,8 @@ def plot_attention(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 def plot_gradients(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """One panel per block i = 0..L: the first utterance's gradient map G_i (labels x encoder frames).
 
-    Each row is scaled to its maximum so that a label's focus shows whatever its gradient's magnitude.
+    Shown on a log scale relative to each row's maximum (clipped at -LOG_RANGE), so that each label's focus
+    shows whatever its gradient's magnitude.
     arrays: gradient_maps (L+1, S, T'), block_directions (L+1,).
     """
     if not arrays or "gradient_maps" not in arrays or arrays["gradient_maps"].size == 0:
@@ -90,16 +99,18 @@ def plot_gradients(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     rows = math.ceil(panels / columns)
     figure = _figure(3.6 * columns, 2.8 * rows)
     grid = figure.subplots(rows, columns, squeeze=False).reshape(-1)
-    peak = maps.max(axis=-1, keepdims=True)
-    scaled = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+    # Log scale relative to each row's maximum: a few boundary frames with large gradients would otherwise
+    # wash out the alignment pattern on a linear scale.
+    logs = np.log(np.maximum(maps, np.finfo(np.float32).tiny))
+    scaled = np.clip(logs - logs.max(axis=-1, keepdims=True), -LOG_RANGE, 0.0)
     for i, axes in enumerate(grid):
         if i >= panels:
             axes.set_axis_off()
             continue
-        axes.imshow(scaled[i], aspect="auto", origin="upper", cmap="magma", vmin=0.0, vmax=1.0)
+        image = axes.imshow(scaled[i], aspect="auto", origin="upper", cmap="magma", vmin=-LOG_RANGE, vmax=0)
         name = "G_0 (encoder input)" if i == 0 else f"G_{i} (block {i})"
         axes.set_title(f"{name}: {float(directions[i]):+.2f}", fontsize=10)
-        axes.set_xlabel("encoder frame")
-        axes.set_ylabel("label")
-    figure.suptitle("||d log p(a_s) / d h_i[t]||, each row scaled to its maximum; title: direction")
+        _frame_axes(axes)
+    figure.colorbar(image, ax=grid.tolist(), label="log gradient norm - row max", shrink=min(0.8, 2.5 / rows))
+    figure.suptitle("Gradient maps ||d log p(a_s) / d h_i[t]|| of utterance 0; title: direction")
     _save(figure, path)
