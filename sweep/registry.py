@@ -1,4 +1,10 @@
-"""Registered trainers. A space file names one of these; user input never becomes an import path."""
+"""The trainers a space file may name, by name only.
+
+A space file says `trainer: conformer_aed`; it never holds an import path. Each trainer's entry point is a
+fixed `"module:function"` string here, resolved lazily inside the Ray worker (validating a space file imports
+no torch). `build_config` and `known_keys` come from the trainer's config module, which is light (pydantic and
+PyYAML only).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +17,27 @@ from trainers import config as conformer_config
 
 @dataclass(frozen=True)
 class TrainerSpec:
+    """One registered trainer: how to build and check its trial config, and where its trial entry point is."""
+
     name: str
-    run: str  # "module:function" of the trial entry point, imported lazily inside the Ray worker
-    build_config: Callable[..., Any]
-    known_keys: Callable[[], set[str]]
+    run: str  # "module:function" of the trial entry point; resolved lazily by the trainable
+    build_config: Callable[..., Any]  # build_config(*dotted_dicts) -> validated config; raises ConfigError
+    known_keys: Callable[[], set[str]]  # every dotted trial-config key
 
 
-TRAINERS = {
+TRAINERS: dict[str, TrainerSpec] = {
     "conformer_aed": TrainerSpec(
         name="conformer_aed",
         run="trainers.train:run_trial",
         build_config=conformer_config.build_config,
         known_keys=conformer_config.known_keys,
-    )
+    ),
 }
 
 
 def get_trainer(name: str) -> TrainerSpec:
-    if name not in TRAINERS:
-        raise KeyError(f"unknown trainer {name!r}; known: {', '.join(sorted(TRAINERS))}")
-    return TRAINERS[name]
+    """The registered trainer called `name`; KeyError naming the known ones otherwise."""
+    try:
+        return TRAINERS[name]
+    except KeyError:
+        raise KeyError(f"unknown trainer {name!r} (known: {', '.join(sorted(TRAINERS))})") from None

@@ -1,0 +1,64 @@
+"""The driver's command line on bad input: exit code 2, one line naming the key and line, nothing written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = sorted((ROOT / "tests" / "bad_spaces").glob("*.yaml"))
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": ""}
+    command = [sys.executable, "-m", "sweep.run", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def expectation(path: Path) -> tuple[str, str]:
+    match = re.match(r"# expect: key=(\S*) line=(\S+)", path.read_text().splitlines()[0])
+    assert match, f"{path.name} lacks its '# expect:' line"
+    return match.group(1), match.group(2)
+
+
+def test_corpus_is_large_enough():
+    assert len(BAD) >= 20
+
+
+def test_every_bad_space_exits_2_and_writes_nothing(tmp_path):
+    def one(path: Path):
+        cwd = tmp_path / path.stem
+        cwd.mkdir()
+        return path, cwd, run_cli([str(path)], cwd)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(one, BAD))
+    for path, cwd, done in outcomes:
+        key, line = expectation(path)
+        assert done.returncode == 2, (path.name, done.stdout, done.stderr)
+        message = done.stderr.strip()
+        assert len(message.splitlines()) == 1, (path.name, message)
+        assert f"{path.name}:{line}:" in message or line == "none", (path.name, message)
+        assert key in message, (path.name, message)
+        assert list(cwd.iterdir()) == [], (path.name, list(cwd.iterdir()))  # no mlflow.db, no results
+
+
+def test_unreachable_tracking_server_stops_before_training(tmp_path):
+    space = ROOT / "search_spaces" / "quick.yaml"
+    done = run_cli([str(space), "--tracking-uri", "http://127.0.0.1:9"], tmp_path)
+    assert done.returncode == 3
+    assert "unreachable" in done.stderr and "127.0.0.1:9" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("space", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_are_valid(space, tmp_path):
+    done = run_cli([str(space), "--dry-run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "trials" in done.stdout

@@ -1,0 +1,298 @@
+"""The space file: malformed files are refused with the right key and line; good ones expand correctly."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from sweep.registry import TRAINERS, get_trainer
+from sweep.space import SpaceError, expand, factor_names, load_space, sample_random, trial_table
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = sorted((ROOT / "tests" / "bad_spaces").glob("*.yaml"))
+EXPECT = re.compile(r"# expect: key=(?P<key>\S*) line=(?P<line>\d+|None)$")
+
+
+def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text.strip() + "\n")
+    return path
+
+
+def expectation(path: Path) -> tuple[str, int | None]:
+    match = EXPECT.match(path.read_text().splitlines()[0])
+    assert match, f"{path.name}: first line must be `# expect: key=<dotted key> line=<n>`"
+    return match["key"], None if match["line"] == "None" else int(match["line"])
+
+
+# -- malformed files ----------------------------------------------------------------------------------------
+def test_corpus_is_large_enough():
+    assert len(BAD) >= 24
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_space_is_refused_at_key_and_line(path: Path):
+    key, line = expectation(path)
+    with pytest.raises(SpaceError) as caught:
+        load_space(path, confirm=False)
+    error = caught.value
+    assert (error.key, error.line) == (key, line), str(error)
+    text = str(error)
+    assert "\n" not in text
+    assert text.startswith(f"{path}:{line}: " if line is not None else f"{path}: ")
+    if key:
+        assert f": {key}: " in text
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(SpaceError, match="cannot read"):
+        load_space(tmp_path / "nope.yaml")
+
+
+def test_python_tag_never_runs(tmp_path: Path):
+    marker = tmp_path / "ran"
+    path = write(
+        tmp_path,
+        f"""
+name: x
+trainer: conformer_aed
+base: !!python/object/apply:os.system ["touch {marker}"]
+""",
+    )
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    assert (caught.value.key, caught.value.line) == ("base", 3)
+    assert not marker.exists()
+
+
+def test_a_combination_of_base_and_cell_blames_the_cell(tmp_path: Path):
+    path = write(
+        tmp_path,
+        """
+name: x
+trainer: conformer_aed
+base: {model.ctc_layers: [5]}
+cells:
+  - {name: deep}
+  - {name: shallow, model.layers: 4}
+""",
+    )
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    assert (caught.value.key, caught.value.line) == ("cells[1].model.layers", 6)
+    assert "ctc_layers [5] outside 1..4" in caught.value.message
+
+
+# -- good files ---------------------------------------------------------------------------------------------
+GRID = """
+name: grid-test
+description: two factors, an extra cell and a control
+trainer: conformer_aed
+base: {train.steps: 300, model.layers: 4, train.lr_peak: 1e-3}
+factors:
+  train.lr_warmup: [0.05, 0.45]
+  model.pos_enc: [rel_shaw, abs, none]
+cells:
+  - {name: ctc-aux, model.ctc_layers: [2, 4]}
+  - {name: control-reversed, model.control: reverse_encoder, model.control_block: 3}
+replicates: 3
+seed: 10
+baseline: train.lr_warmup=0.45,model.pos_enc=rel_shaw
+resources: {cpus_per_trial: 0.5, gpus_per_trial: 0.125}
+"""
+
+
+@pytest.fixture
+def grid(tmp_path: Path):
+    return load_space(write(tmp_path, GRID))
+
+
+def test_grid_expands_cells_times_replicates(grid):
+    specs = expand(grid)
+    assert len(specs) == (2 * 3 + 2) * 3 == grid.n_trials
+    assert [s.trial_key for s in specs[:4]] == ["c000-r00", "c000-r01", "c000-r02", "c001-r00"]
+    assert len({s.trial_key for s in specs}) == len(specs)
+    assert [s.seed for s in specs[:6]] == [10, 11, 12, 10, 11, 12]
+    assert [s.replicate for s in specs[:3]] == [0, 1, 2]
+    cells = list(dict.fromkeys(s.cell for s in specs))
+    assert cells[:2] == [
+        "train.lr_warmup=0.05,model.pos_enc=rel_shaw",
+        "train.lr_warmup=0.05,model.pos_enc=abs",
+    ]
+    assert cells[-2:] == ["ctc-aux", "control-reversed"]
+    assert [s.cell_index for s in specs[::3]] == list(range(8))
+
+
+def test_grid_keys_are_stable(grid, tmp_path: Path):
+    again = load_space(write(tmp_path, GRID, "again.yaml"))
+    assert [asdict(s) for s in expand(grid)] == [asdict(s) for s in expand(again)]
+
+
+def test_grid_overrides_merge_base_cell_and_seed(grid):
+    specs = {(s.cell, s.replicate): s for s in expand(grid)}
+    factorial = specs[("train.lr_warmup=0.45,model.pos_enc=abs", 1)]
+    assert factorial.overrides == {
+        "train.steps": 300,
+        "model.layers": 4,
+        "train.lr_peak": 1e-3,  # `1e-3` is a float, not YAML 1.1's string
+        "train.lr_warmup": 0.45,
+        "model.pos_enc": "abs",
+        "seed": 11,
+    }
+    extra = specs[("ctc-aux", 0)]
+    assert extra.overrides["model.ctc_layers"] == [2, 4]
+    assert extra.overrides["seed"] == 10
+    assert "train.lr_warmup" not in extra.overrides  # extra cells are base + their own keys only
+    json.dumps([asdict(s) for s in specs.values()])  # Ray's grid_search carries them as plain data
+
+
+def test_control_flags(grid):
+    controls = {s.cell for s in expand(grid) if s.control}
+    assert controls == {"control-reversed"}
+
+
+def test_space_fields_are_readable(grid):
+    assert grid.name == "grid-test"
+    assert grid.search == "grid"
+    assert grid.resources.gpus_per_trial == 0.125
+    assert grid.resources.cpus_per_trial == 0.5
+    assert grid.mlflow.experiment == "grid-test"  # defaults to the space's name
+    assert grid.ranges == {}
+    assert grid.trainer_spec is get_trainer("conformer_aed")
+    assert "factors:" in grid.text
+
+
+def test_factor_names(grid):
+    # the control's keys vary only among controls; ctc_layers differs between natural cells
+    assert factor_names(grid) == ["train.lr_warmup", "model.pos_enc", "model.ctc_layers"]
+
+
+def test_trial_table(grid):
+    table = trial_table(expand(grid))
+    lines = table.splitlines()
+    assert lines[0].split() == ["trial", "cell", "seed", "control"]
+    assert len(lines) == 1 + 24 + 1
+    assert lines[-1] == "24 trials in 8 cells (1 control)"
+    assert re.match(r"c007-r02\s+control-reversed\s+12\s+yes$", lines[-2])
+
+
+def test_replicate_list_and_single_base_cell(tmp_path: Path):
+    space = load_space(write(tmp_path, "name: one\ntrainer: conformer_aed\nreplicates: [7, 3, 42]"))
+    specs = expand(space)
+    assert [(s.cell, s.seed, s.trial_key) for s in specs] == [
+        ("base", 7, "c000-r00"),
+        ("base", 3, "c000-r01"),
+        ("base", 42, "c000-r02"),
+    ]
+    assert specs[0].overrides == {"seed": 7}
+
+
+def test_cells_without_factors(tmp_path: Path):
+    path = write(
+        tmp_path,
+        """
+name: mitigations
+trainer: conformer_aed
+cells:
+  - {name: baseline}
+  - {model.self_attention_off_steps: 100}
+replicates: 2
+""",
+    )
+    specs = expand(load_space(path))
+    assert [s.cell for s in specs] == ["baseline"] * 2 + ["model.self_attention_off_steps=100"] * 2
+
+
+def test_large_grid_needs_confirm(tmp_path: Path):
+    text = """
+name: big
+trainer: conformer_aed
+factors:
+  train.lr_warmup: [0.05, 0.15, 0.25, 0.35, 0.45]
+  model.ffn_scale: [0.25, 0.5, 1.0]
+replicates: 10
+max_trials: 100
+"""
+    path = write(tmp_path, text)
+    with pytest.raises(SpaceError, match="150 trials"):
+        load_space(path)
+    assert len(expand(load_space(path, confirm=True))) == 150
+
+
+def test_shipped_spaces_load():
+    counts = {}
+    for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        space = load_space(path)
+        counts[path.stem] = len(expand(space)) or space.samples
+    assert counts["paper_factors"] == 96
+    assert counts["quick"] == 6
+
+
+# -- random and optuna --------------------------------------------------------------------------------------
+RANDOM = """
+name: rand
+trainer: conformer_aed
+base: {train.steps: 200}
+search: random
+samples: 12
+seed: 5
+ranges:
+  train.lr_peak: {low: 1e-4, high: 3.0e-3, log: true}
+  model.layers: {low: 2, high: 8, integer: true}
+  model.pos_enc: {choices: [rel_shaw, abs]}
+"""
+
+
+def test_sample_random_is_deterministic(tmp_path: Path):
+    space = load_space(write(tmp_path, RANDOM))
+    assert expand(space) == []
+    first, again, other = sample_random(space, 1), sample_random(space, 1), sample_random(space, 2)
+    assert first == again
+    assert first != other
+    assert len(first) == 12 == space.n_trials
+    assert [s.seed for s in first] == list(range(5, 17))
+    assert [s.trial_key for s in first][:2] == ["s000", "s001"]
+    for spec in first:
+        assert 1e-4 <= spec.overrides["train.lr_peak"] <= 3e-3
+        assert isinstance(spec.overrides["model.layers"], int) and 2 <= spec.overrides["model.layers"] <= 8
+        assert spec.overrides["model.pos_enc"] in ("rel_shaw", "abs")
+        assert spec.overrides["train.steps"] == 200
+        assert spec.cell.startswith("train.lr_peak=") and not spec.control
+    assert len({s.cell for s in first}) == 12
+    assert factor_names(space) == ["train.lr_peak", "model.layers", "model.pos_enc"]
+
+
+def test_optuna_exposes_ranges(tmp_path: Path):
+    space = load_space(ROOT / "search_spaces" / "hunt.yaml")
+    assert space.search == "optuna"
+    assert expand(space) == [] and sample_random(space, 0) == []  # optuna proposes its own points
+    assert space.objective.metric == "reversal_score" and space.objective.mode == "max"
+    lr = space.ranges["train.lr_peak"]
+    assert (lr.low, lr.high, lr.log, lr.choices) == (3.0e-4, 5.0e-3, True, None)
+    assert space.ranges["model.pos_enc"].choices == ["rel_shaw", "abs", "abs+rel_shaw", "none"]
+
+
+# -- registry and imports -----------------------------------------------------------------------------------
+def test_registry():
+    spec = get_trainer("conformer_aed")
+    assert spec.run == "trainers.train:run_trial"
+    assert "model.pos_enc" in spec.known_keys()
+    with pytest.raises(KeyError, match="conformer_aed"):
+        get_trainer("nope")
+    assert set(TRAINERS) == {"conformer_aed"}
+
+
+def test_validation_imports_nothing_heavy():
+    code = (
+        "import sys; from sweep.space import load_space, expand; "
+        "expand(load_space('search_spaces/paper_factors.yaml')); "
+        "print(sorted(m for m in ('ray', 'torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
