@@ -112,7 +112,7 @@ def flatten_params(trial_config) -> dict[str, Any]:
 
 
 def _sampled_cell(config: dict[str, Any]) -> str:
-    sampled = {k.removeprefix("sampled/"): v for k, v in config.items() if k.startswith("sampled/")}
+    sampled = config.get("sampled") or {}
     return ",".join(f"{k}={_short(v)}" for k, v in sampled.items()) or "sampled"
 
 

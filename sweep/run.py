@@ -106,7 +106,7 @@ def build_tuner_parts(space, specs, trainer, sweep_id: str, optuna_storage: str)
         "run": trainer.run,
         "seed_base": space.seed,
         "spec": {"overrides": dict(space.base)},
-        **{f"sampled/{key}": _tune_range(spec) for key, spec in space.ranges.items()},
+        "sampled": {key: _tune_range(spec) for key, spec in space.ranges.items()},
     }
     searcher = OptunaSearch(
         metric=space.objective.metric,
@@ -149,9 +149,9 @@ def concurrent_slots(space, n_trials: int) -> int:
 def run_sweep(args: argparse.Namespace, space) -> int:
     from mlflow.tracking import MlflowClient
     from ray import tune
-    from sweep.registry import get_trainer
 
     from sweep.callbacks import MlflowTrialCallback, ProgressView, TrialRecorder
+    from sweep.registry import get_trainer
     from sweep.tracking import Tracker, TrackingUnavailable, check_reachable, get_or_create_experiment
     from sweep.trainable import run_tune_trial
 
@@ -252,9 +252,8 @@ def _optuna_storage(tracking_uri: str, sweep_dir: Path) -> str:
 
 def finish_sweep(results, recorder, client, space, factors, sweep_dir, parent_run_id, wall: float) -> int:
     """Record any trial end the callbacks missed, then write incidence statistics to the parent run."""
-    from sweep.stats import format_table, incidence_report
-
     from sweep.results import trials_frame
+    from sweep.stats import format_table, incidence_report
 
     unfinished, trial_seconds = 0, 0.0
     for result in results:

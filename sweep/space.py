@@ -129,6 +129,7 @@ _SAFE_TAGS = {tag for tag in yaml.SafeLoader.yaml_constructors if tag} | {_MERGE
 
 
 def _read(path: Path) -> str:
+    """The file as text; SpaceError if it is missing or not UTF-8."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -250,6 +251,8 @@ class Resources(_Schema):
 
 
 class MlflowSettings(_Schema):
+    """Where the sweep is recorded: the experiment (default: the space's name), an optional tracking URI."""
+
     experiment: str | None = Field(None, min_length=1)  # None: the space's name
     tracking_uri: str | None = None
 
@@ -324,6 +327,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 
 
 def _allowed_keys(parent: tuple) -> list[str]:
+    """The schema's field names at a location, for suggestions (none for free-form mappings)."""
     if not parent:
         return list(Space.model_fields)
     if len(parent) == 1 and parent[0] in _SECTIONS:
@@ -334,6 +338,7 @@ def _allowed_keys(parent: tuple) -> list[str]:
 
 
 def _suggest(name: Any, candidates: list[str] | set[str]) -> str:
+    """` (did you mean 'x'?)` for a near miss, else ""."""
     close = difflib.get_close_matches(str(name), sorted(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -425,6 +430,7 @@ class TrialSpec:
 
 # -- cross-field checks -------------------------------------------------------------------------------------
 def _check_trainer(doc: _Document, space: Space) -> TrainerSpec:
+    """The registered trainer the space names."""
     try:
         return get_trainer(space.trainer)
     except KeyError:
@@ -483,11 +489,13 @@ def _check_levels(doc: _Document, space: Space) -> None:
 
 
 def _n_cells(space: Space) -> int:
+    """Grid cells: the full factorial (one base cell with neither factors nor cells), plus extra cells."""
     factorial = math.prod(len(levels) for levels in space.factors.values())
     return (factorial if space.factors or not space.cells else 0) + len(space.cells)
 
 
 def _seeds(space: Space) -> list[int]:
+    """The seeds every grid cell runs: the explicit list, or `seed`, `seed + 1`, ..."""
     if isinstance(space.replicates, list):
         return list(space.replicates)
     return list(range(space.seed, space.seed + space.replicates))
@@ -570,10 +578,12 @@ def _format(value: Any, digits: int | None = None) -> str:
 
 
 def _cell_name(values: dict[str, Any], digits: int | None = None) -> str:
+    """`train.lr_warmup=0.05,model.pos_enc=abs`."""
     return ",".join(f"{key}={_format(value, digits)}" for key, value in values.items())
 
 
 def _base_layer(space: Space) -> _Layer:
+    """`base` as a config layer, each key placed at `base.<key>`."""
     return dict(space.base), {key: _Place(f"base.{key}", ("base", key)) for key in space.base}
 
 

@@ -26,25 +26,26 @@ def resolve(reference: str):
 
 
 def trial_key(config: dict[str, Any], trial_id: str | None = None) -> str:
-    """The stable key of a trial: from its spec, or (searcher-driven trials) from Tune's trial index."""
+    """The stable key of a trial: from its spec, or (searcher-driven trials) from Tune's trial id."""
     spec = config.get("spec") or {}
     if "trial_key" in spec:
         return spec["trial_key"]
     trial_id = trial_id or tune.get_context().get_trial_id()
-    return "o" + trial_id.rsplit("_", 1)[-1]
+    return "o" + trial_id.replace("_", "")
 
 
 def trial_overrides(config: dict[str, Any], trial_id: str | None = None) -> dict[str, Any]:
-    """A Tune config's trial-config overrides: the spec's fixed ones plus sampled `sampled/<key>` values."""
+    """A Tune config's trial-config overrides: the spec's fixed ones plus the `sampled` values."""
     overrides = dict((config.get("spec") or {}).get("overrides", {}))
-    overrides.update({k.removeprefix("sampled/"): v for k, v in config.items() if k.startswith("sampled/")})
+    overrides.update(config.get("sampled") or {})
     if "seed" not in overrides:
-        overrides["seed"] = config.get("seed_base", 0) + int(trial_key(config, trial_id).lstrip("o") or 0)
+        # Searcher-driven trials (optuna): the seed comes from Tune's trial id, which survives a resume.
+        overrides["seed"] = config.get("seed_base", 0) + int(trial_key(config, trial_id)[1:9], 16) % 1_000_000
     return overrides
 
 
 def run_tune_trial(config: dict[str, Any]) -> None:
-    """Tune entry point. `config` carries `run` (registry reference) and `spec` or `sampled/*` values."""
+    """Tune entry point. `config` carries `run` (registry reference) and `spec` and/or `sampled` values."""
     started = time.perf_counter()
     work_dir = Path(tempfile.mkdtemp(prefix="flipsweep-trial-"))
     checkpoint = tune.get_checkpoint()

@@ -31,6 +31,7 @@ def write_space(path: Path, **fields) -> Path:
         "mlflow": {"experiment": "test"},
     }
     space.update(fields)
+    space = {key: value for key, value in space.items() if value is not None}  # None: leave the key out
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
@@ -161,3 +162,24 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     keys = [c.data.tags["flipsweep.trial_key"] for c in children]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_optuna_search_runs_and_persists_its_study(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    space = write_space(
+        tmp_path / "space.yaml",
+        factors=None,
+        replicates=None,
+        search="optuna",
+        ranges={"model.ffn_scale": {"low": 0.25, "high": 1.0}},
+        samples=2,
+        objective={"metric": "reversal_score", "mode": "max"},
+    )
+    done = sweep(tmp_path, space)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parents, children = runs(tmp_path)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    scales = {float(c.data.params["model.ffn_scale"]) for c in children}
+    assert len(scales) == 2 and all(0.25 <= s <= 1.0 for s in scales)
+    studies = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(studies) == 1 and studies[0].n_trials == 2
