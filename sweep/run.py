@@ -155,6 +155,8 @@ def run_sweep(args: argparse.Namespace, space) -> int:
     from sweep.tracking import Tracker, TrackingUnavailable, check_reachable, get_or_create_experiment
     from sweep.trainable import run_tune_trial
 
+    # Every evaluation checkpoints; Tune's warning about the resulting (small) state snapshots is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tracking_uri = absolute_uri(args.tracking_uri or space.mlflow.tracking_uri or default_tracking_uri())
     try:
         check_reachable(tracking_uri)
