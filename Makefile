@@ -24,7 +24,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint  ## lint, then the whole suite
+test: setup browser lint  ## lint, then the whole suite
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000

@@ -176,3 +176,45 @@ def test_two_sweeps_into_one_store_do_not_mix(tmp_path):
         assert child.data.tags["flipsweep.sweep_id"] == sweep_id
         expected = "0.5" if sweep_id.startswith("first") else "1.0"
         assert child.data.params["model.ffn_scale"] == expected
+
+
+def test_mlflow_ui_shows_the_reversal_rate_plot(tmp_path, mlflow_server):
+    """A real browser opens the sweep's parent run in the MLflow UI and finds the reversal-rate plot."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    done = sweep(tmp_path, write_space(tmp_path / "space.yaml"), "--tracking-uri", mlflow_server)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parents, _ = runs_at(mlflow_server)
+    parent = parents[0]
+    url = f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}/artifacts"
+    screenshots = ROOT / "test-artifacts"
+    screenshots.mkdir(exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_text("plots", exact=True).first.click(timeout=60_000)
+            page.get_by_text("rate_by_factor.png").first.click(timeout=30_000)
+            # The preview is an <img> (its src may be a blob: URL); wait until one has really loaded.
+            loaded = "() => [...document.images].some(img => img.complete && img.naturalWidth > 300)"
+            try:
+                page.wait_for_function(loaded, timeout=60_000)
+            finally:
+                page.screenshot(path=str(screenshots / "mlflow_ui_parent_run.png"))
+        finally:
+            browser.close()
+
+
+def runs_at(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("test")
+    found = client.search_runs([experiment.experiment_id])
+    parents = [r for r in found if r.data.tags.get("flipsweep.role") == "parent"]
+    children = [r for r in found if r.data.tags.get("flipsweep.role") == "trial"]
+    return client, parents, children

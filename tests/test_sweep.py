@@ -162,6 +162,27 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     keys = [c.data.tags["flipsweep.trial_key"] for c in children]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
+    # The same sweep, uninterrupted, in a store of its own: the same labels and figures, trial by trial.
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    straight = sweep(straight_dir, space)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    _, _, uninterrupted = runs(straight_dir)
+
+    def table(found):
+        return {
+            c.data.tags["flipsweep.trial_key"]: (
+                c.data.tags["label"],
+                c.data.metrics["final/attention_direction"],
+            )
+            for c in found
+        }
+
+    assert table(children) == table(uninterrupted)
+    for client_dir in (tmp_path, straight_dir):
+        client, parents, _ = runs(client_dir)
+        client.download_artifacts(parents[0].info.run_id, "incidence.csv", str(client_dir))
+    assert (tmp_path / "incidence.csv").read_text() == (straight_dir / "incidence.csv").read_text()
 
 
 def test_optuna_search_runs_and_persists_its_study(tmp_path):
