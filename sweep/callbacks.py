@@ -18,6 +18,7 @@ from rich.console import Console
 from sweep.registry import get_trainer
 from sweep.tracking import Tracker
 from sweep.trainable import trial_key, trial_overrides
+from trainers.config import flatten
 
 ARTIFACTS_SKIP = ("state.pt",)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -40,7 +41,7 @@ class TrialRecorder:
             overrides = trial_overrides(config, trial_id)
             spec = config.get("spec") or {}
             trial_config = get_trainer(self.trainer).build_config(overrides)
-            params = flatten_params(trial_config)
+            params = flatten(trial_config)
             tags = {
                 "cell": spec.get("cell", _sampled_cell(config)),
                 "control": str(trial_config.model.control != "none"),
@@ -103,12 +104,6 @@ class TrialRecorder:
             self.tracker.client.log_text(run_id, error, "error.txt")
             self.tracker.finish(run_id, "FAILED")
         self.seconds += time.perf_counter() - started
-
-
-def flatten_params(trial_config) -> dict[str, Any]:
-    from trainers.config import flatten
-
-    return flatten(trial_config)
 
 
 def _sampled_cell(config: dict[str, Any]) -> str:

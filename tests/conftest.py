@@ -37,6 +37,22 @@ TINY = {
 ALIGNING = {**TINY, "train.steps": 300, "train.lr_peak": 3e-3, "train.lr_warmup": 0.1, "detector.every": 50}
 
 
+# A model small enough for exact gradient checks (no training); FEATURES dims in, VOCAB labels incl. EOS.
+TINY_MODEL = {
+    "model.d_model": 16,
+    "model.layers": 2,
+    "model.heads": 2,
+    "model.ffn_dim": 32,
+    "model.frontend_channels": 4,
+    "model.conv_kernel": 3,
+    "model.decoder_dim": 16,
+    "model.embed_dim": 8,
+    "model.attention_dim": 8,
+}
+FEATURES = 8
+VOCAB = 6  # EOS = 0 and labels 1..5
+
+
 @pytest.fixture
 def tiny() -> dict:
     return dict(TINY)

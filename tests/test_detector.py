@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import DetectorConfig, build_config
 from trainers.detector import (
     Evaluation,
@@ -262,18 +263,6 @@ def test_evaluation_metrics_and_dict():
 
 
 # -- the real model ------------------------------------------------------------------------------------------
-TINY_MODEL = {
-    "model.d_model": 16,
-    "model.layers": 2,
-    "model.heads": 2,
-    "model.ffn_dim": 32,
-    "model.frontend_channels": 4,
-    "model.conv_kernel": 3,
-    "model.decoder_dim": 16,
-    "model.embed_dim": 8,
-    "model.attention_dim": 8,
-}
-FEATURES, VOCAB = 8, 6
 
 
 def tiny_model(**overrides):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import POS_ENCODINGS, build_config
 from trainers.model import (
     ConformerAED,
@@ -13,22 +14,7 @@ from trainers.model import (
     subsampled_lengths,
 )
 
-FEATURES = 8
-VOCAB = 6  # EOS = 0 and labels 1..5
-
-SMALL = {
-    "model.d_model": 16,
-    "model.layers": 2,
-    "model.heads": 2,
-    "model.ffn_dim": 32,
-    "model.frontend_channels": 4,
-    "model.conv_kernel": 3,
-    "model.decoder_dim": 16,
-    "model.embed_dim": 8,
-    "model.attention_dim": 8,
-    "model.decoder_layers": 2,
-    "model.decoder_heads": 2,
-}
+SMALL = {**TINY_MODEL, "model.decoder_layers": 2, "model.decoder_heads": 2}
 
 
 def make(seed: int = 0, **overrides) -> ConformerAED:

@@ -132,24 +132,7 @@ def ray_head(tmp_path):
 def test_sweep_on_a_ray_cluster(tmp_path, ray_head):
     space = write_space(tmp_path / "space.yaml")
     # A head started with defaults uses token auth; a driver connecting by address must opt in to send it.
-    command_env = {"RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "token"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sweep.run",
-            str(space),
-            "--storage",
-            str(tmp_path / "results"),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **command_env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = sweep(tmp_path, space, env={"RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "token"})
     assert done.returncode == 0, done.stderr[-3000:]
     _, parents, children = runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
@@ -186,7 +169,7 @@ def test_mlflow_ui_shows_the_reversal_rate_plot(tmp_path, mlflow_server):
         pytest.skip("Debian's chromium is not installed (make test installs it)")
     done = sweep(tmp_path, write_space(tmp_path / "space.yaml"), "--tracking-uri", mlflow_server)
     assert done.returncode == 0, done.stderr[-3000:]
-    _, parents, _ = runs_at(mlflow_server)
+    _, parents, _ = runs(mlflow_server)
     parent = parents[0]
     url = f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}/artifacts"
     screenshots = ROOT / "test-artifacts"
@@ -207,14 +190,3 @@ def test_mlflow_ui_shows_the_reversal_rate_plot(tmp_path, mlflow_server):
                 page.screenshot(path=str(screenshots / "mlflow_ui_parent_run.png"))
         finally:
             browser.close()
-
-
-def runs_at(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("test")
-    found = client.search_runs([experiment.experiment_id])
-    parents = [r for r in found if r.data.tags.get("flipsweep.role") == "parent"]
-    children = [r for r in found if r.data.tags.get("flipsweep.role") == "trial"]
-    return client, parents, children

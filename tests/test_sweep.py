@@ -36,7 +36,10 @@ def write_space(path: Path, **fields) -> Path:
     return path
 
 
-def sweep(tmp_path: Path, space: Path, *extra: str, wait: bool = True, **kwargs):
+def sweep(tmp_path: Path, space: Path, *extra: str, wait: bool = True, env: dict | None = None, **kwargs):
+    """Run the driver on `space` in `tmp_path`; `env` overrides (a RAY_ADDRESS: a cluster, no local Ray)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", **(env or {})}
+    local = ["--num-cpus", "2"] if not env["RAY_ADDRESS"] else []
     command = [
         sys.executable,
         "-m",
@@ -46,18 +49,17 @@ def sweep(tmp_path: Path, space: Path, *extra: str, wait: bool = True, **kwargs)
         str(tmp_path / "results"),
         "--tracking-uri",
         f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--num-cpus",
-        "2",
+        *local,
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
     if not wait:
         return subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, **kwargs)
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def runs(tmp_path: Path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def runs(store: Path | str):
+    """(client, parents, children) of experiment "test": a sweep folder's sqlite store, or a tracking URI."""
+    client = MlflowClient(store if isinstance(store, str) else f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("test")
     all_runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in all_runs if r.data.tags.get("flipsweep.role") == "parent"]
