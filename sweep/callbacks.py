@@ -80,6 +80,14 @@ class TrialRecorder:
         }
         self.tracker.set_tags(run_id, tags)
         final = {f"final/{k}": v for k, v in result["final"].items() if not isinstance(v, list | dict)}
+        # The run's summary figures (backward phase, flip mechanism) as verdict/* metrics.
+        final.update(
+            {
+                f"verdict/{k}": v
+                for k, v in verdict.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
+            }
+        )
         final.update(
             {
                 "final/steps_done": result["steps_done"],

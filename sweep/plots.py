@@ -245,3 +245,30 @@ def plot_time_to_flip(curve: pd.DataFrame, path: str | Path) -> Path:
             ax.text(0.5, 0.55, "no run reversed", ha="center", transform=ax.transAxes, color="0.4")
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_curves(
+    curves: pd.DataFrame,
+    path: str | Path,
+    value: str,
+    title: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """One thin line per run of `value` over training steps, one panel per cell.
+
+    `curves` has columns cell, trial_key, step and `value` (long format, e.g. from sweep.report.curves).
+    """
+    if curves.empty:
+        return _message(path, title, "no curves recorded")
+    cells = list(dict.fromkeys(curves["cell"]))
+    figure, axes = _figure(len(cells), (4.2, 3.0), max_columns=3)
+    for ax, cell in zip(axes, cells, strict=True):
+        part = curves[curves["cell"] == cell]
+        sns.lineplot(part, x="step", y=value, units="trial_key", estimator=None, lw=0.9, alpha=0.7, ax=ax)
+        ax.set_title(cell if len(cell) <= 48 else cell[:45] + "...", fontsize=8)
+        ax.set_ylabel(ylabel)
+        if ylim:
+            ax.set_ylim(*ylim)
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -17,6 +17,7 @@ from typing import Any
 from ray import tune
 
 FINAL_KEYS = ("label", "flip_block", "time_to_flip", "shifted")
+TRANSIENT_KEYS = ("max_reversal_score", "min_attention_direction", "backward_evaluations")
 
 
 def resolve(reference: str):
@@ -76,6 +77,8 @@ def run_tune_trial(config: dict[str, Any]) -> None:
             "trial_seconds": time.perf_counter() - started,
             "detector_share": result["detector_share"],
             "reversal_score": result["final"]["reversal_score"],  # the optuna objective reads the last result
+            # ... or the backward phase, which scores a near miss above a run that never read backwards
+            **{k: verdict.get(k) for k in TRANSIENT_KEYS},
             **{f"verdict_{k}": verdict.get(k) for k in FINAL_KEYS},
         }
         log_file.close()

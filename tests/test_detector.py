@@ -30,6 +30,7 @@ from trainers.detector import (
     should_stop,
     spearman_direction,
     time_to_flip,
+    transient,
     verdict,
 )
 from trainers.plots import plot_attention, plot_gradients
@@ -234,6 +235,49 @@ def test_verdict_unconfirmed_or_not_reversed():
     assert verdict(history("reversed"), CFG)["label"] == "undecided"  # one evaluation is not confirmed
     assert time_to_flip(history("normal", "reversed")) == 200
     assert verdict([], CFG)["label"] == "undecided"
+
+
+def test_transient_counts_backward_attention_the_label_hides():
+    readings = [
+        reading(attention, 0.1, 0.3, [0.9, 0.9], step=100 * (i + 1))
+        for i, attention in enumerate([0.1, -0.6, -0.9, 0.2, 0.95])
+    ]
+    phase = transient(readings, CFG)
+    assert phase["backward_evaluations"] == 2
+    assert (phase["backward_first_step"], phase["backward_last_step"]) == (200, 300)
+    assert phase["min_attention_direction"] == pytest.approx(-0.9)
+    assert phase["max_reversal_score"] == pytest.approx(-(-0.9 + 0.9) / 2)
+    forwards = transient(readings[-1:], CFG)
+    assert forwards["backward_evaluations"] == 0 and forwards["backward_first_step"] is None
+
+
+def test_verdict_reports_the_flipping_blocks_ratios_before_and_after():
+    def at(step: int, label: str, ratio: float) -> Evaluation:
+        blocks = [0.9, 0.9, -0.9] if label == "reversed" else [0.9, 0.9, 0.9]
+        return reading(
+            -0.9 if label == "reversed" else 0.0,
+            0.5,
+            0.9,
+            blocks,
+            step=step,
+            label=label,
+            flip_block=2 if label == "reversed" else None,
+            mhsa_ffn_ratio=[0.1, ratio],
+            mhsa_residual_ratio=[0.05, ratio / 2],
+        )
+
+    runs = [
+        at(100, "undecided", 0.3),
+        at(200, "undecided", 0.5),
+        at(300, "reversed", 2.0),
+        at(400, "reversed", 3.0),
+    ]
+    result = verdict(runs, CFG)
+    assert result["label"] == "reversed" and result["flip_block"] == 2 and result["time_to_flip"] == 300
+    assert result["mhsa_ffn_ratio_before"] == 0.5  # block 2 at step 200, the last reading before the flip
+    assert result["mhsa_ffn_ratio_after"] == 3.0
+    assert result["mhsa_residual_ratio_after"] == 1.5
+    assert "mhsa_ffn_ratio_before" not in verdict(runs[:2], CFG)  # no flip, no mechanism reading
 
 
 def test_should_stop():

@@ -98,6 +98,39 @@ def test_two_trial_sweep_records_parent_and_nested_children(two_trial_sweep):
     assert "model.ffn_scale" in done.stdout  # the incidence table printed at the end
 
 
+def test_report_reads_the_sweep_back(two_trial_sweep):
+    tmp_path, _ = two_trial_sweep
+    client, parents, children = runs(tmp_path)
+    for child in children:  # the run summary the report and the docs lean on
+        metrics = child.data.metrics
+        assert -1.0 <= metrics["verdict/min_attention_direction"] <= 1.0
+        assert metrics["verdict/backward_evaluations"] in (0.0, 1.0, 2.0)
+    out = tmp_path / "report.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweep.report", "--experiment", "test", "--out", str(out)]
+        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert text.startswith(f"## {parents[0].data.tags['mlflow.runName']}")
+    incidence = text.split("### Incidence")[1].split("###")[0]
+    assert incidence.count("model.ffn_scale=") == 2  # one row per cell
+    assert "### Backward phase" in text and "### Reversed runs, verified" in text
+    missing = subprocess.run(
+        [sys.executable, "-m", "sweep.report", "--experiment", "nope"]
+        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2 and "nope" in missing.stderr
+
+
 def test_notebook_runs_top_to_bottom(two_trial_sweep, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     import nbformat

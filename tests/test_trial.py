@@ -76,6 +76,29 @@ def test_corpus_is_deterministic_and_spans_are_exact():
         assert a.features[shortest, int(a.feature_lengths[shortest]) :].abs().sum() == 0
 
 
+def test_fixed_frames_gives_every_utterance_the_same_length():
+    cfg = build_config({"data.fixed_frames": 200}).data
+    batch = SyntheticCorpus(cfg).train_batch(seed=0, step=0, size=16)
+    assert set(batch.feature_lengths.tolist()) == {200}
+    trailing = [200 - spans[-1][1] for spans in batch.spans]
+    assert min(trailing) >= cfg.min_silence_frames and len(set(trailing)) > 1  # speech ends vary
+    with pytest.raises(ConfigError, match="fixed_frames"):
+        build_config({"data.fixed_frames": 100})
+
+
+def test_channel_offset_shifts_each_utterance_by_one_constant_vector():
+    plain = SyntheticCorpus(build_config({"data.noise": 0.0}).data)
+    shifted = SyntheticCorpus(build_config({"data.noise": 0.0, "data.channel_offset": 2.0}).data)
+    offsets = []
+    for step in range(3):  # one utterance per batch: the offset is drawn after everything else of it
+        a, b = plain.train_batch(seed=0, step=step, size=1), shifted.train_batch(seed=0, step=step, size=1)
+        assert torch.equal(a.labels, b.labels)
+        delta = (b.features[0] - a.features[0]).numpy()
+        assert np.allclose(delta, delta[0], atol=1e-5) and np.linalg.norm(delta[0]) > 1.0
+        offsets.append(delta[0])
+    assert not np.allclose(offsets[0], offsets[1])
+
+
 def test_label_frames_sit_at_their_prototype():
     cfg = build_config({**TINY, "data.noise": 0.0, "data.transition_frames": 0}).data
     corpus = SyntheticCorpus(cfg)

@@ -46,6 +46,17 @@ class DataConfig(_Section):
         0, ge=0, description="labels share this many group centres (0: every label is its own centre)"
     )
     transition_frames: int = Field(2, ge=0, description="frames of linear blend between neighbouring labels")
+    channel_offset: float = Field(
+        0.0,
+        ge=0,
+        description="std of a per-utterance constant vector added to every frame (speaker/channel variation: "
+        "undoing it takes utterance-wide context)",
+    )
+    fixed_frames: int = Field(
+        0,
+        ge=0,
+        description="0: natural lengths; N: every utterance is N frames (the trailing silence fills it up)",
+    )
     bigram_concentration: float = Field(
         0.3, gt=0, description="Dirichlet concentration of the bigram model (small: predictable sequences)"
     )
@@ -59,6 +70,12 @@ class DataConfig(_Section):
         ]:
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high} ({getattr(self, high)})")
+        longest = self.max_silence_frames + self.max_labels * self.max_label_frames + self.min_silence_frames
+        if 0 < self.fixed_frames < longest:
+            raise ValueError(
+                f"fixed_frames ({self.fixed_frames}) is shorter than the longest utterance ({longest}: "
+                "max_silence_frames + max_labels * max_label_frames + min_silence_frames)"
+            )
         return self
 
 

@@ -4,7 +4,10 @@ No speech corpus can be downloaded here, so utterances are rendered from label s
 prototype feature vector (optionally clustered into confusable groups), is held for a random number of 10 ms
 frames, blends smoothly into the next one, and sits between leading and trailing silence, all under white
 noise. A bigram model over labels gives the decoder a language model to learn. The exact frame span of every
-label is kept, so alignments can be scored against the truth.
+label is kept, so alignments can be scored against the truth. `channel_offset` shifts each utterance by its
+own constant vector, as speakers and channels do. With `fixed_frames` every utterance has the
+same length (the trailing silence fills it up), so frame T - t is as easy to address from absolute
+positions as frame t.
 
 Determinism: the corpus itself (prototypes, bigram model, held-out set) depends only on `data.seed`; the
 training stream depends on (data.seed, trial seed, step), so a resumed trial sees exactly the same batches.
@@ -85,6 +88,8 @@ class SyntheticCorpus:
             previous = labels[i] = 1 + rng.choice(cfg.num_labels, p=self.bigram[previous])
         durations = rng.integers(cfg.min_label_frames, cfg.max_label_frames + 1, size=length)
         lead, trail = rng.integers(cfg.min_silence_frames, cfg.max_silence_frames + 1, size=2)
+        if cfg.fixed_frames:
+            trail = cfg.fixed_frames - lead - durations.sum()
         segment_ids = np.concatenate([[0], labels, [0]])
         segment_lengths = np.concatenate([[lead], durations, [trail]])
         frame_ids = np.repeat(segment_ids, segment_lengths)
@@ -93,6 +98,8 @@ class SyntheticCorpus:
             # A moving average over the label track gives smooth transitions without moving label centres.
             features = uniform_filter1d(features, size=2 * cfg.transition_frames + 1, axis=0, mode="nearest")
         features = features + rng.normal(0.0, cfg.noise, size=features.shape)
+        if cfg.channel_offset > 0:
+            features = features + rng.normal(0.0, cfg.channel_offset, size=(1, features.shape[1]))
         ends = lead + np.cumsum(durations)
         spans = [(int(e - d), int(e)) for e, d in zip(ends, durations, strict=True)]
         return features.astype(np.float32), labels, spans

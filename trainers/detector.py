@@ -530,12 +530,54 @@ def time_to_flip(history: list[Evaluation]) -> int | None:
     return start
 
 
+def transient(history: list[Evaluation], cfg: DetectorConfig) -> dict[str, Any]:
+    """The backward phase a final label hides: evaluations whose attention reads reversed (<= -m), whether or
+    not the encoder agreed. The prototype saw such phases with absolute positions while attention was flat."""
+    if not history:
+        return {}
+    backward = [e.step for e in history if e.attention_direction <= -cfg.min_direction]
+    return {
+        "min_attention_direction": min(e.attention_direction for e in history),
+        "max_reversal_score": max(e.reversal_score for e in history),
+        "backward_evaluations": len(backward),
+        "backward_first_step": backward[0] if backward else None,
+        "backward_last_step": backward[-1] if backward else None,
+    }
+
+
+def block_ratios(history: list[Evaluation], block: int, step: int) -> dict[str, float]:
+    """Block `block`'s (1-based) MHSA/FFN and MHSA/residual norm ratios at the last evaluation at or before
+    `step` (NaN if there is none, or the block is the input)."""
+    readings = [e for e in history if e.step <= step and len(e.mhsa_ffn_ratio) >= block >= 1]
+    if not readings:
+        return {"mhsa_ffn_ratio": math.nan, "mhsa_residual_ratio": math.nan}
+    e = readings[-1]
+    return {
+        "mhsa_ffn_ratio": e.mhsa_ffn_ratio[block - 1],
+        "mhsa_residual_ratio": e.mhsa_residual_ratio[block - 1],
+    }
+
+
+def flip_mechanism(history: list[Evaluation], block: int, flip_step: int) -> dict[str, float]:
+    """The paper's mechanism read off the flipping block: its norm ratios at the last evaluation before the
+    flip and at the end (the paper: MHSA comes to dominate the FFN/residual path)."""
+    before = block_ratios(history, block, flip_step - 1)
+    after = block_ratios(history, block, history[-1].step)
+    return {
+        f"{name}_{when}": value
+        for when, ratios in (("before", before), ("after", after))
+        for name, value in ratios.items()
+    }
+
+
 def verdict(history: list[Evaluation], cfg: DetectorConfig) -> dict[str, Any]:
     """A run's final answer from its evaluations.
 
     label: the last evaluation's label if the last `cfg.confirm` evaluations all carry it, else undecided.
     time_to_flip: see `time_to_flip`. flip_block: the last evaluation's, if the label is reversed.
-    shifted: the last evaluation's flag. Plus the last evaluation's key figures.
+    shifted: the last evaluation's flag. Plus the last evaluation's key figures, the backward phase
+    (`transient`) and, for a reversed run, the flipping block's norm ratios before and after the flip
+    (`flip_mechanism`).
     """
     if not history:
         return {"label": "undecided", "time_to_flip": None, "flip_block": None, "shifted": False}
@@ -543,10 +585,12 @@ def verdict(history: list[Evaluation], cfg: DetectorConfig) -> dict[str, Any]:
     recent = history[-cfg.confirm :]
     confirmed = len(recent) == cfg.confirm and all(e.label == last.label for e in recent)
     label = last.label if confirmed else "undecided"
+    flip_step, block = time_to_flip(history), last.flip_block if label == "reversed" else None
+    mechanism = flip_mechanism(history, block, flip_step) if block is not None and flip_step else {}
     return {
         "label": label,
-        "time_to_flip": time_to_flip(history),
-        "flip_block": last.flip_block if label == "reversed" else None,
+        "time_to_flip": flip_step,
+        "flip_block": block,
         "shifted": bool(last.shifted),
         "step": last.step,
         "accuracy": last.accuracy,
@@ -556,6 +600,9 @@ def verdict(history: list[Evaluation], cfg: DetectorConfig) -> dict[str, Any]:
         "reversal_score": last.reversal_score,
         "tse_boundary_ms": last.tse_boundary_ms,
         "tse_position_ms": last.tse_position_ms,
+        "g0_direction": last.block_directions[0] if last.block_directions else math.nan,
+        **transient(history, cfg),
+        **mechanism,
     }
 
 
