@@ -57,7 +57,7 @@ def test_unreachable_tracking_server_stops_before_training(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("space", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("space", sorted((ROOT / "search_spaces").rglob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_spaces_are_valid(space, tmp_path):
     done = run_cli([str(space), "--dry-run"], tmp_path)
     assert done.returncode == 0, done.stderr

@@ -227,11 +227,31 @@ max_trials: 100
 
 def test_shipped_spaces_load():
     counts = {}
-    for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+    for path in sorted((ROOT / "search_spaces").rglob("*.yaml")):
         space = load_space(path)
         counts[path.stem] = len(expand(space)) or space.samples
     assert counts["paper_factors"] == 96
     assert counts["quick"] == 6
+    assert counts["reproduction"] == counts["reproduction_gpu"] == 48  # 16 seeds x 3 cells
+    assert {"s1_leads", "s2_transient", "s3_hunt"} <= set(counts)
+
+
+def test_reproduction_cells_share_seeds_and_differ_only_by_the_mitigation():
+    for name in ("reproduction", "reproduction_gpu"):
+        trials = expand(load_space(ROOT / "search_spaces" / f"{name}.yaml"))
+        by_cell = {}
+        for trial in trials:
+            by_cell.setdefault(trial.cell, []).append(trial)
+        assert list(by_cell) == ["baseline", "ctc-aux", "self-attention-off-early"]
+        seeds = [sorted(t.seed for t in cell) for cell in by_cell.values()]
+        assert seeds[0] == seeds[1] == seeds[2] and len(seeds[0]) == 16
+        base = by_cell["baseline"][0].overrides
+        for cell, key in [
+            ("ctc-aux", "model.ctc_layers"),
+            ("self-attention-off-early", "model.self_attention_off_steps"),
+        ]:
+            other = by_cell[cell][0].overrides
+            assert {k for k in base.keys() | other.keys() if base.get(k) != other.get(k)} == {key}
 
 
 # -- random and optuna --------------------------------------------------------------------------------------
