@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainers import config as conformer_config
+from trainers import reported as conformer_reported
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class TrainerSpec:
     run: str  # "module:function" of the trial entry point; resolved lazily by the trainable
     build_config: Callable[..., Any]  # build_config(*dotted_dicts) -> validated config; raises ConfigError
     known_keys: Callable[[], set[str]]  # every dotted trial-config key
+    reports: Callable[[str], bool]  # whether every evaluation report carries this metric (search objectives)
+    metric_names: tuple[str, ...]  # the reported names, for suggestions
 
 
 TRAINERS: dict[str, TrainerSpec] = {
@@ -31,6 +34,8 @@ TRAINERS: dict[str, TrainerSpec] = {
         run="trainers.train:run_trial",
         build_config=conformer_config.build_config,
         known_keys=conformer_config.known_keys,
+        reports=conformer_reported.is_reported,
+        metric_names=conformer_reported.SCALARS,
     ),
 }
 

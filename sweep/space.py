@@ -464,6 +464,14 @@ def _check_mode(doc: _Document, space: Space) -> None:
                 raise doc.error(("search",), f"required by search: {mode}", key=name)
         if not space.ranges:
             raise doc.error(("ranges",), "needs at least one key to sample")
+    if mode == "optuna" and space.objective is not None:
+        trainer = get_trainer(space.trainer)
+        if not trainer.reports(space.objective.metric):
+            # Tune would stop the whole sweep at the first report without it: refuse it here instead.
+            message = "not a figure the trial reports" + _suggest(
+                space.objective.metric, trainer.metric_names
+            )
+            raise doc.error(("objective", "metric"), message)
 
 
 def _check_keys(doc: _Document, space: Space, known: set[str]) -> None:

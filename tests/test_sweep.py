@@ -229,7 +229,7 @@ def test_optuna_search_runs_and_persists_its_study(tmp_path):
         search="optuna",
         ranges={"model.ffn_scale": {"low": 0.25, "high": 1.0}},
         samples=2,
-        objective={"metric": "reversal_score", "mode": "max"},
+        objective={"metric": "backward_evaluations", "mode": "max"},  # a running figure, as the hunt uses
     )
     done = sweep(tmp_path, space)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -239,3 +239,5 @@ def test_optuna_search_runs_and_persists_its_study(tmp_path):
     assert len(scales) == 2 and all(0.25 <= s <= 1.0 for s in scales)
     studies = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(studies) == 1 and studies[0].n_trials == 2
+    study = optuna.load_study(study_name=studies[0].study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert all(t.value is not None and t.value >= 0 for t in study.trials)  # the objective reached Optuna

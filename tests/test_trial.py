@@ -13,6 +13,7 @@ import torch
 from tests.conftest import ALIGNING, TINY
 from trainers.config import ConfigError, build_config, flatten, parse_assignment
 from trainers.data import SyntheticCorpus
+from trainers.reported import SCALARS, is_reported
 from trainers.train import learning_rate, run_trial, spec_augment
 
 
@@ -211,3 +212,14 @@ def test_reversed_control_is_detected_with_its_block(aligned_control):
 def test_untrained_model_is_undecided(tmp_path):
     result = run_trial({**TINY, "train.steps": 1, "detector.every": 1}, tmp_path, log=lambda _: None)
     assert result["verdict"]["label"] == "undecided"
+
+
+def test_every_report_carries_the_figures_a_search_may_optimise(tmp_path):
+    reports = []
+    run_trial(build_config(TINY), tmp_path, report=lambda metrics, saved: reports.append(metrics), log=len)
+    assert len(reports) >= 2
+    for metrics in reports:
+        names = set(metrics) - {"label"}
+        assert set(SCALARS) <= names  # space files may name these as objectives
+        assert [n for n in names if not is_reported(n)] == []
+    assert not is_reported("reversal_scor") and is_reported("mhsa_ffn_ratio_2")

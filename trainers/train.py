@@ -32,7 +32,7 @@ from trainers.config import (
     to_commented_yaml,
 )
 from trainers.data import SyntheticCorpus
-from trainers.detector import Evaluation, evaluate, should_stop, verdict
+from trainers.detector import Evaluation, evaluate, should_stop, transient, verdict
 from trainers.model import ConformerAED
 from trainers.plots import plot_attention, plot_gradients
 
@@ -235,6 +235,10 @@ class Trial:
     def _metrics(self, evaluation: Evaluation) -> dict[str, Any]:
         recent = self.losses[-self.cfg.detector.every :]
         metrics = evaluation.metrics()
+        # The backward phase so far: every report carries it, so a search can optimise it (Tune checks that
+        # each intermediate result holds the objective).
+        phase = transient(self.history, self.cfg.detector)
+        metrics.update({k: phase[k] for k in RUNNING_PHASE})
         metrics.update(
             step=self.step,
             train_loss=sum(recent) / len(recent) if recent else math.nan,
@@ -264,6 +268,9 @@ class Trial:
         plot_gradients(self.out_dir / "gradients.png", final.arrays)
         (self.out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
         return result
+
+
+RUNNING_PHASE = ("min_attention_direction", "max_reversal_score", "backward_evaluations")
 
 
 def _json_default(value: Any) -> Any:
