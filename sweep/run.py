@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -243,7 +244,9 @@ def run_sweep(args: argparse.Namespace, space) -> int:
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
     wall = time.perf_counter() - started
-    return finish_sweep(results, recorder, client, space, factors, sweep_dir, parent_run_id, wall)
+    return finish_sweep(
+        results, recorder, client, space, factors, sweep_dir, parent_run_id, wall, resumed=bool(args.resume)
+    )
 
 
 def _optuna_storage(tracking_uri: str, sweep_dir: Path) -> str:
@@ -252,8 +255,12 @@ def _optuna_storage(tracking_uri: str, sweep_dir: Path) -> str:
     return f"sqlite:///{sweep_dir / 'optuna.db'}"
 
 
-def finish_sweep(results, recorder, client, space, factors, sweep_dir, parent_run_id, wall: float) -> int:
-    """Record any trial end the callbacks missed, then write incidence statistics to the parent run."""
+def finish_sweep(
+    results, recorder, client, space, factors, sweep_dir, parent_run_id, wall: float, resumed: bool = False
+) -> int:
+    """Record any trial end the callbacks missed, then write incidence statistics to the parent run.
+
+    A resumed sweep's wall time covers only its last part, so its efficiency is not reported."""
     from sweep.results import trials_frame
     from sweep.stats import format_table, incidence_report
 
@@ -279,7 +286,7 @@ def finish_sweep(results, recorder, client, space, factors, sweep_dir, parent_ru
         **report.metrics(),
         "sweep/wall_seconds": wall,
         "sweep/slots": slots,
-        "sweep/efficiency": trial_seconds / (wall * slots) if wall > 0 else 0.0,
+        "sweep/efficiency": trial_seconds / (wall * slots) if wall > 0 and not resumed else math.nan,
         "sweep/mlflow_seconds_per_trial": recorder.seconds / n_done,
     }
     tracker = recorder.tracker
@@ -291,8 +298,9 @@ def finish_sweep(results, recorder, client, space, factors, sweep_dir, parent_ru
     tracker.finish(parent_run_id, "FINISHED")
     write_state(sweep_dir, status="complete", wall_seconds=wall)
     print(format_table(report))
+    efficiency = "n/a (resumed)" if resumed else f"{metrics['sweep/efficiency']:.0%}"
     print(
-        f"efficiency {metrics['sweep/efficiency']:.0%} on {slots} slots, "
+        f"efficiency {efficiency} on {slots} slots, "
         f"MLflow {metrics['sweep/mlflow_seconds_per_trial']:.2f} s/trial, wall {wall:.0f} s"
     )
     return 0

@@ -15,6 +15,7 @@ the same rules, so that the numbers in the CSV files, the MLflow metrics and the
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import warnings
@@ -457,10 +458,17 @@ def median_times(curve: pd.DataFrame) -> pd.DataFrame:
 _SEGMENT = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
+MAX_SEGMENT = 96  # MLflow metric names stop at 250 characters; a sampled cell name can be far longer
+
+
 def metric_segment(text: Any) -> str:
-    """One path segment of an MLflow metric name: letters, digits, `_ - .` only, never `.` or `..`."""
+    """One path segment of an MLflow metric name: letters, digits, `_ - .` only, never `.` or `..`, at most
+    MAX_SEGMENT characters (a long one keeps its start and ends in a hash of the whole text)."""
     segment = _SEGMENT.sub("_", str(text))
     segment = re.sub(r"\.{2,}", "_", segment)
+    if len(segment) > MAX_SEGMENT:
+        digest = hashlib.sha1(str(text).encode()).hexdigest()[:10]
+        segment = f"{segment[: MAX_SEGMENT - 11]}-{digest}"
     return segment if segment not in ("", ".") else "_"
 
 

@@ -263,6 +263,10 @@ def test_write_survives_a_sweep_without_decided_runs(tmp_path):
 def test_metric_names_are_mlflow_safe():
     df = _factorial_frame()
     df.loc[df["cell"].str.startswith(f"{WARMUP}=0.05,{POS}=abs"), "cell"] = "../odd name: ü/.."
+    # An Optuna cell names every sampled value; two such names may share a long prefix.
+    long_names = [",".join(f"model.knob_{i}={i}.{j}" for i in range(20)) for j in (1, 2)]
+    df.loc[df["cell"].str.startswith(f"{WARMUP}=0.05,{POS}=rel"), "cell"] = long_names[0]
+    df.loc[df["cell"].str.startswith(f"{WARMUP}=0.45,{POS}=rel"), "cell"] = long_names[1]
     metrics = incidence_report(df, [POS, WARMUP]).metrics()
     assert {"overall/rate", "overall/ci_low", "overall/ci_high", "overall/n_failed"} <= set(metrics)
     assert "control/control_reversed__block_3_/sensitivity" in metrics
@@ -271,6 +275,7 @@ def test_metric_names_are_mlflow_safe():
         assert re.fullmatch(r"[A-Za-z0-9_\-./]+", key), key
         assert posixpath.normpath(key) == key and ".." not in key.split("/"), key
         assert isinstance(value, float)
+        assert len(key) <= 250, key  # MLflow's limit
     try:
         from mlflow.utils.validation import _validate_metric_name
     except ImportError:  # private helper; the checks above stand on their own
