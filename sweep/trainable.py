@@ -16,8 +16,9 @@ from typing import Any
 
 from ray import tune
 
+from trainers.reported import RUNNING_PHASE
+
 FINAL_KEYS = ("label", "flip_block", "time_to_flip", "shifted")
-TRANSIENT_KEYS = ("max_reversal_score", "min_attention_direction", "backward_evaluations")
 
 
 def resolve(reference: str):
@@ -78,7 +79,7 @@ def run_tune_trial(config: dict[str, Any]) -> None:
             "detector_share": result["detector_share"],
             "reversal_score": result["final"]["reversal_score"],  # the optuna objective reads the last result
             # ... or the backward phase, which scores a near miss above a run that never read backwards
-            **{k: verdict.get(k) for k in TRANSIENT_KEYS},
+            **{k: verdict.get(k) for k in RUNNING_PHASE},
             **{f"verdict_{k}": verdict.get(k) for k in FINAL_KEYS},
         }
         log_file.close()

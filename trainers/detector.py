@@ -36,6 +36,7 @@ from torch import Tensor
 
 from trainers.alignment import gradient_scores_to_log, time_stamp_error, viterbi_align
 from trainers.config import DetectorConfig
+from trainers.reported import EVALUATION_FIELDS, PER_BLOCK
 
 LABELS = ("normal", "reversed", "undecided")
 LABEL_CODES = {"normal": 1.0, "reversed": -1.0, "undecided": 0.0}
@@ -337,26 +338,12 @@ class Evaluation:
     def metrics(self) -> dict[str, float]:
         """Flat numeric metrics: lists expanded (`block_direction_0`, `mhsa_ffn_ratio_1` = block 1, ...),
         `label_code` +1 normal / -1 reversed / 0 undecided, `shifted` 0/1, `flip_block` -1 when None."""
-        out = {
-            name: float(getattr(self, name))
-            for name in (
-                "step",
-                "loss",
-                "accuracy",
-                "attention_direction",
-                "attention_peak",
-                "tse_boundary_ms",
-                "tse_position_ms",
-                "attention_miss_rate",
-                "alignment_miss_rate",
-                "reversal_score",
-            )
-        }
+        out = {name: float(getattr(self, name)) for name in EVALUATION_FIELDS}
         out["flip_block"] = float(-1 if self.flip_block is None else self.flip_block)
         out["shifted"] = float(self.shifted)
         out["label_code"] = LABEL_CODES[self.label]
         out.update({f"block_direction_{i}": float(v) for i, v in enumerate(self.block_directions)})
-        for name in ("mhsa_ffn_ratio", "mhsa_residual_ratio", "self_attention_direction"):
+        for name in PER_BLOCK[1:]:  # the mechanism lists, numbered from block 1
             out.update({f"{name}_{i}": float(v) for i, v in enumerate(getattr(self, name), start=1)})
         return out
 

@@ -35,6 +35,7 @@ from trainers.data import SyntheticCorpus
 from trainers.detector import Evaluation, evaluate, should_stop, transient, verdict
 from trainers.model import ConformerAED
 from trainers.plots import plot_attention, plot_gradients
+from trainers.reported import RUNNING_PHASE
 
 # report(metrics, checkpoint_dir): called after every evaluation; checkpoint_dir is set when resumable state
 # was just saved there (the Ray wrapper turns it into a Tune checkpoint).
@@ -268,9 +269,6 @@ class Trial:
         plot_gradients(self.out_dir / "gradients.png", final.arrays)
         (self.out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
         return result
-
-
-RUNNING_PHASE = ("min_attention_direction", "max_reversal_score", "backward_evaluations")
 
 
 def _json_default(value: Any) -> Any:
