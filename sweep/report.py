@@ -34,10 +34,24 @@ from sweep.stats import incidence_report
 BACKWARD = -0.5  # the detector's default min_direction, mirrored
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> pd.Series:
-    """A metric's curve as a step-indexed series (empty if the run never logged it)."""
-    points = client.get_metric_history(run_id, key)
-    return pd.Series({p.step: p.value for p in points}, dtype=float).sort_index()
+class Histories:
+    """Metric curves of runs, each fetched from MLflow once per report (the tables and plots share them)."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+        self._cache: dict[tuple[str, str], pd.Series] = {}
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        """A metric's curve as a step-indexed series (empty if the run never logged it)."""
+        if (run_id, key) not in self._cache:
+            points = self.client.get_metric_history(run_id, key)
+            self._cache[run_id, key] = pd.Series({p.step: p.value for p in points}, dtype=float).sort_index()
+        return self._cache[run_id, key]
+
+
+def paper_depth(layers: int) -> int:
+    """The block at the paper's flipping depth (10 of 12), scaled to a run's depth."""
+    return max(1, round(layers * 10 / 12))
 
 
 def _at(curve: pd.Series, step: float) -> float:
@@ -48,16 +62,16 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
-def readings(client: MlflowClient, trials: pd.DataFrame) -> pd.DataFrame:
+def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per finished run: the backward phase and the final directions, from the metric curves."""
     rows = []
     for trial in trials.itertuples(index=False):
         if trial.label in ("failed", "incomplete"):
             continue
-        run = client.get_run(trial.run_id)
+        run = history.client.get_run(trial.run_id)
         layers = int(float(run.data.params.get("model.layers", "0")))
         every = int(float(run.data.params.get("detector.every", "50")))
-        attention = _history(client, trial.run_id, "attention_direction")
+        attention = history(trial.run_id, "attention_direction")
         backward = attention[attention <= BACKWARD]
         rows.append(
             {
@@ -67,17 +81,15 @@ def readings(client: MlflowClient, trials: pd.DataFrame) -> pd.DataFrame:
                 "backward_steps": len(backward) * every,
                 "backward_from": float(backward.index[0]) if len(backward) else math.nan,
                 "backward_to": float(backward.index[-1]) if len(backward) else math.nan,
-                "g0_direction": _at(_history(client, trial.run_id, "block_direction_0"), math.inf),
-                "last_block_direction": _at(
-                    _history(client, trial.run_id, f"block_direction_{layers}"), math.inf
-                ),
+                "g0_direction": _at(history(trial.run_id, "block_direction_0"), math.inf),
+                "last_block_direction": _at(history(trial.run_id, f"block_direction_{layers}"), math.inf),
                 "final_step": float(attention.index[-1]) if len(attention) else math.nan,
             }
         )
     return trials.merge(pd.DataFrame(rows), on="trial_key", how="left")
 
 
-def mechanism(client: MlflowClient, frame: pd.DataFrame) -> pd.DataFrame:
+def mechanism(history: Histories, frame: pd.DataFrame) -> pd.DataFrame:
     """MHSA/FFN ratio of the flipping block before (last reading before the flip) and at the end; runs that
     did not flip are read at the same block and the median flip step of the sweep."""
     flipped = frame[frame["label"] == "reversed"]
@@ -90,7 +102,7 @@ def mechanism(client: MlflowClient, frame: pd.DataFrame) -> pd.DataFrame:
         own = run.label == "reversed"
         b = int(run.flip_block) if own else block
         step = float(run.time_to_flip) if own else flip_step
-        ratio = _history(client, run.run_id, f"mhsa_ffn_ratio_{b}")
+        ratio = history(run.run_id, f"mhsa_ffn_ratio_{b}")
         rows.append(
             {
                 "trial_key": run.trial_key,
@@ -104,14 +116,14 @@ def mechanism(client: MlflowClient, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def dominance(client: MlflowClient, frame: pd.DataFrame) -> pd.DataFrame:
+def dominance(history: Histories, frame: pd.DataFrame) -> pd.DataFrame:
     """Per cell, MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of 12, scaled to
     the run's depth): first evaluation, maximum, end. Does self-attention come to dominate?"""
     rows = []
     for run in frame.dropna(subset=["min_attention"]).itertuples(index=False):
-        block = max(1, round(run.layers * 10 / 12))
-        ratio = _history(client, run.run_id, f"mhsa_ffn_ratio_{block}")
-        residual = _history(client, run.run_id, f"mhsa_residual_ratio_{block}")
+        block = paper_depth(run.layers)
+        ratio = history(run.run_id, f"mhsa_ffn_ratio_{block}")
+        residual = history(run.run_id, f"mhsa_residual_ratio_{block}")
         if ratio.empty or residual.empty:
             continue
         rows.append(
@@ -131,13 +143,13 @@ def dominance(client: MlflowClient, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("cell", sort=False).median().reset_index()
 
 
-def curves(client: MlflowClient, frame: pd.DataFrame, key: str) -> pd.DataFrame:
+def curves(history: Histories, frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """Long-format curves (cell, trial_key, step, value) of metric `key`; `{depth}` in the key is replaced by
     the block at the paper's depth (10 of 12) of each run."""
     parts = []
     for run in frame.dropna(subset=["min_attention"]).itertuples(index=False):
-        name = key.replace("{depth}", str(max(1, round(run.layers * 10 / 12))))
-        series = _history(client, run.run_id, name)
+        name = key.replace("{depth}", str(paper_depth(run.layers)))
+        series = history(run.run_id, name)
         parts.append(
             pd.DataFrame(
                 {"cell": run.cell, "trial_key": run.trial_key, "step": series.index, "value": series}
@@ -146,13 +158,13 @@ def curves(client: MlflowClient, frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def write_plots(client: MlflowClient, frame: pd.DataFrame, directory: Path, name: str) -> list[Path]:
+def write_plots(history: Histories, frame: pd.DataFrame, directory: Path, name: str) -> list[Path]:
     """Attention direction and MHSA/residual ratio (paper's depth) over training, one line per run."""
     from sweep.plots import plot_curves  # matplotlib only when plots are asked for
 
     return [
         plot_curves(
-            curves(client, frame, "attention_direction"),
+            curves(history, frame, "attention_direction"),
             directory / f"{name}_attention_direction.png",
             "value",
             f"{name}: cross-attention direction (+1 diagonal, -1 anti-diagonal)",
@@ -160,7 +172,7 @@ def write_plots(client: MlflowClient, frame: pd.DataFrame, directory: Path, name
             ylim=(-1.05, 1.05),
         ),
         plot_curves(
-            curves(client, frame, "mhsa_residual_ratio_{depth}"),
+            curves(history, frame, "mhsa_residual_ratio_{depth}"),
             directory / f"{name}_mhsa_residual.png",
             "value",
             f"{name}: ||MHSA|| / ||residual|| at the paper's depth",
@@ -180,7 +192,8 @@ def report(
     trials = trials_frame(client, parent.info.run_id)
     factors = [k.removeprefix("factor.") for k in parent.data.params if k.startswith("factor.")]
     stats = incidence_report(trials, factors, parent.data.params.get("baseline") or None)
-    frame = readings(client, trials)
+    history = Histories(client)
+    frame = readings(history, trials)
     out = [f"## {parent.data.tags.get('mlflow.runName', parent.info.run_id)}", ""]
 
     cells = stats.cells.copy()
@@ -206,7 +219,7 @@ def report(
         "### Self-attention dominance: MHSA/FFN and MHSA/residual norm ratios at the paper's depth (medians)",
         "",
     ]
-    out += [_markdown(dominance(client, finished)), ""]
+    out += [_markdown(dominance(history, finished)), ""]
 
     flipped = frame[frame["label"] == "reversed"]
     verify = flipped[
@@ -223,7 +236,7 @@ def report(
         out += [f"{int(ok.sum())} of {len(flipped)} reversed runs pass every check.", ""]
     natural = frame[~frame["control"].astype(bool)]
     if (natural["label"] == "reversed").any():
-        ratios = mechanism(client, natural)  # constructed flips say nothing about the mechanism
+        ratios = mechanism(history, natural)  # constructed flips say nothing about the mechanism
         summary = ratios.groupby("label")[["ratio_before", "ratio_after"]].median().reset_index()
         summary.insert(1, "runs", ratios.groupby("label").size().values)
         out += ["### Mechanism: MHSA/FFN norm ratio of the flipping block (medians)", ""]
@@ -232,7 +245,7 @@ def report(
         out += ["No natural run reversed, so there is no flipping block to read the mechanism from.", ""]
     if plots is not None:
         name = parent.data.tags.get("mlflow.runName", experiment).rsplit("-", 2)[0]  # <name>-<date>-<time>
-        out += [f"![{p.stem}]({p.as_posix()})" for p in write_plots(client, frame, plots, name)] + [""]
+        out += [f"![{p.stem}]({p.as_posix()})" for p in write_plots(history, frame, plots, name)] + [""]
     if "sweep/wall_seconds" in parent.data.metrics:
         out += [f"Sweep wall time: {parent.data.metrics['sweep/wall_seconds']:.0f} s.", ""]
     return "\n".join(out)
