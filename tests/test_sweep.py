@@ -108,7 +108,7 @@ def test_report_reads_the_sweep_back(two_trial_sweep):
     out = tmp_path / "report.md"
     done = subprocess.run(
         [sys.executable, "-m", "sweep.report", "--experiment", "test", "--out", str(out)]
-        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--plots", str(tmp_path / "img")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -120,6 +120,8 @@ def test_report_reads_the_sweep_back(two_trial_sweep):
     incidence = text.split("### Incidence")[1].split("###")[0]
     assert incidence.count("model.ffn_scale=") == 2  # one row per cell
     assert "### Backward phase" in text and "### Reversed runs, verified" in text
+    for plot in ("t_attention_direction.png", "t_mhsa_residual.png"):  # <space name>_<figure>
+        assert (tmp_path / "img" / plot).stat().st_size > 1000 and f"{plot[:-4]}]" in text
     missing = subprocess.run(
         [sys.executable, "-m", "sweep.report", "--experiment", "nope"]
         + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
@@ -192,8 +194,12 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     resumed = sweep(tmp_path, space, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "efficiency n/a (resumed)" in resumed.stdout  # its wall time covers only the second part
     _, parents, children = runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert (
+        "sweep/efficiency" not in parents[0].data.metrics and "sweep/wall_seconds" in parents[0].data.metrics
+    )
     keys = [c.data.tags["flipsweep.trial_key"] for c in children]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
