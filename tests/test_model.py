@@ -69,6 +69,23 @@ def test_collect_returns_attention_and_norms():
         assert set(norms) == {"ffn1", "mhsa", "residual"} and all(v > 0 for v in norms.values())
 
 
+@pytest.mark.parametrize("scale_from", [1, 2])
+def test_mhsa_scale_multiplies_the_self_attention_branch_from_its_block(scale_from):
+    features, lengths, _, _ = batch()
+    norms = {}
+    for scale in (1.0, 3.0):
+        model = make(mhsa_scale=scale, mhsa_scale_from=scale_from).eval()
+        with torch.no_grad():
+            norms[scale] = model.encode(features, lengths, collect=True).block_norms
+    # Same weights; blocks before `scale_from` are untouched, so the scaled block sees the same input and
+    # only its MHSA contribution grows.
+    for block in range(scale_from - 1):
+        assert norms[3.0][block] == pytest.approx(norms[1.0][block])
+    scaled = scale_from - 1
+    assert norms[3.0][scaled]["residual"] == pytest.approx(norms[1.0][scaled]["residual"])
+    assert norms[3.0][scaled]["mhsa"] == pytest.approx(3.0 * norms[1.0][scaled]["mhsa"], rel=1e-5)
+
+
 @pytest.mark.parametrize("decoder", ["lstm", "transformer"])
 def test_cross_attention_is_a_distribution_over_valid_frames(decoder):
     model = make(decoder=decoder)

@@ -14,7 +14,7 @@ from tests.conftest import ALIGNING, TINY
 from trainers.config import ConfigError, build_config, flatten, parse_assignment
 from trainers.data import SyntheticCorpus
 from trainers.reported import SCALARS, is_reported
-from trainers.train import learning_rate, run_trial, spec_augment
+from trainers.train import Trial, learning_rate, run_trial, spec_augment
 
 
 # -- config ------------------------------------------------------------------------------------------------
@@ -30,10 +30,17 @@ def test_bad_value_is_named():
     assert info.value.key == "model.pos_enc" and "sinus" in str(info.value)
 
 
-def test_cross_field_check_names_section():
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.d_model": 30, "model.heads": 4}, "divisible"),
+        ({"model.layers": 4, "model.mhsa_scale_from": 5}, "mhsa_scale_from (5) exceeds layers (4)"),
+    ],
+)
+def test_cross_field_check_names_section(overrides, message):
     with pytest.raises(ConfigError) as info:
-        build_config({"model.d_model": 30, "model.heads": 4})
-    assert info.value.key.startswith("model") and "divisible" in str(info.value)
+        build_config(overrides)
+    assert info.value.key.startswith("model") and message in str(info.value)
 
 
 def test_dotted_and_nested_overrides_agree():
@@ -118,6 +125,18 @@ def test_one_cycle_schedule_shape():
     assert lr[900] == pytest.approx(cfg.lr_start, rel=1e-6)
     assert lr[-1] == pytest.approx(cfg.lr_final, rel=0.1)
     assert all(a <= b for a, b in zip(lr[:450], lr[1:451], strict=True))
+
+
+def test_decoder_lr_scale_slows_only_the_decoder(tmp_path):
+    cfg = build_config({**TINY, "train.steps": 2, "train.decoder_lr_scale": 0.1})
+    trial = Trial(cfg, tmp_path, log=lambda *_: None)
+    trial.train_step()
+    decoder = {id(p) for p in trial.model.decoder.parameters()}
+    rates = {
+        all(id(p) in decoder for p in group["params"]): group["lr"] for group in trial.optimizer.param_groups
+    }
+    assert set(rates) == {True, False}  # no group mixes encoder and decoder parameters
+    assert rates[True] == pytest.approx(0.1 * rates[False]) and rates[False] == learning_rate(0, cfg.train)
 
 
 def test_warmup_constant_schedule():

@@ -91,6 +91,12 @@ class ModelConfig(_Section):
     ffn_dim: int = Field(256, ge=1, description="FFN hidden width")
     ffn_activation: Literal["swish", "relu2"] = Field("swish", description="swish, or ReLU squared (paper)")
     ffn_scale: float = Field(0.5, ge=0, description="Macaron FFN residual scale s (paper: 0.5)")
+    mhsa_scale: float = Field(
+        1.0, ge=0, description="self-attention residual scale (paper: 1.0; >1 lets MHSA outgrow the residual)"
+    )
+    mhsa_scale_from: int = Field(
+        1, ge=1, description="first block (1-based) whose MHSA gets mhsa_scale; earlier blocks keep 1.0"
+    )
     conv_kernel: int = Field(15, ge=1, description="depthwise convolution kernel (paper: 32)")
     conv_norm: Literal["batch", "layer"] = Field("layer", description="norm in the conv module")
     pos_enc: PosEnc = Field("rel_shaw", description="positional encoding: " + ", ".join(POS_ENCODINGS))
@@ -137,6 +143,8 @@ class ModelConfig(_Section):
         bad = [b for b in self.ctc_layers if not 1 <= b <= self.layers]
         if bad:
             raise ValueError(f"ctc_layers {bad} outside 1..{self.layers}")
+        if self.mhsa_scale_from > self.layers:
+            raise ValueError(f"mhsa_scale_from ({self.mhsa_scale_from}) exceeds layers ({self.layers})")
         if self.control_block > self.layers:
             raise ValueError(f"control_block ({self.control_block}) exceeds layers ({self.layers})")
         return self
@@ -152,6 +160,9 @@ class TrainConfig(_Section):
     lr_start: float = Field(2e-5, ge=0, description="one_cycle: first and 90%-point learning rate")
     lr_final: float = Field(2e-6, ge=0, description="one_cycle: last learning rate")
     lr_warmup: float = Field(0.2, ge=0, le=0.9, description="fraction of training spent warming up")
+    decoder_lr_scale: float = Field(
+        1.0, gt=0, description="decoder learning rate = this x the schedule's (slow decoder: encoder adapts)"
+    )
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     grad_clip: float = Field(5.0, gt=0, description="global gradient-norm clip")

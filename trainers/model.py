@@ -304,12 +304,12 @@ class ConvModule(nn.Module):
 
 
 class ConformerBlock(nn.Module):
-    """Pre-LN Macaron block: x += s*FFN1(LN x); x += MHSA(LN x); x += Conv(LN x); x += s*FFN2(LN x); LN(x)."""
+    """Pre-LN Macaron: x += s*FFN1(LN x); x += m*MHSA(LN x); x += Conv(LN x); x += s*FFN2(LN x); LN(x)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, mhsa_scale: float = 1.0):
         super().__init__()
         d = cfg.d_model
-        self.ffn_scale = cfg.ffn_scale
+        self.ffn_scale, self.mhsa_scale = cfg.ffn_scale, mhsa_scale
         self.ffn1_norm, self.att_norm, self.conv_norm, self.ffn2_norm, self.out_norm = (
             nn.LayerNorm(d) for _ in range(5)
         )
@@ -327,6 +327,7 @@ class ConformerBlock(nn.Module):
         ffn1 = self.ffn_scale * self.ffn1(self.ffn1_norm(x))
         x = x + ffn1
         mhsa, weights = self.attention(self.att_norm(x), mask, mixing)
+        mhsa = self.mhsa_scale * mhsa
         norms = None
         if collect:
             # The paper's "dominance" check: a large MHSA output swamps the residual it is added to.
@@ -348,7 +349,10 @@ class ConformerEncoder(nn.Module):
         self.frontend = ConvFrontend(
             feature_dim, cfg.frontend_channels, cfg.d_model, cfg.subsampling, cfg.dropout, zero_pad
         )
-        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            ConformerBlock(cfg, cfg.mhsa_scale if i >= cfg.mhsa_scale_from else 1.0)
+            for i in range(1, cfg.layers + 1)
+        )
 
     def forward(
         self, features: Tensor, feature_lengths: Tensor, step: int | None = None, collect: bool = False

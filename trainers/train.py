@@ -88,12 +88,23 @@ def _device(cfg: TrainConfig) -> torch.device:
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No decay on biases, norms and embedding tables (the paper excludes embeddings and learned positions).
-    decay, no_decay = [], []
+    # Decoder groups carry their own LR multiplier: a slow decoder leaves the encoder to adapt to it.
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         vector_like = parameter.ndim < 2 or "embed" in name or "pos_bias" in name
-        (no_decay if vector_like else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr_start, eps=cfg.adam_eps)
+        groups.setdefault((name.startswith("decoder."), vector_like), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if vector_like else cfg.weight_decay,
+                "lr_scale": cfg.decoder_lr_scale if in_decoder else 1.0,
+            }
+            for (in_decoder, vector_like), params in sorted(groups.items())
+        ],
+        lr=cfg.lr_start,
+        eps=cfg.adam_eps,
+    )
 
 
 class Trial:
@@ -168,7 +179,7 @@ class Trial:
         batch.features = features
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, cfg)
+            group["lr"] = group["lr_scale"] * learning_rate(self.step, cfg)
         self.model.train()
         autocast = torch.autocast(
             "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
