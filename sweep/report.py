@@ -62,6 +62,17 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
+def reversed_encoder_readings(attention: pd.Series, g0: pd.Series, last_block: pd.Series) -> int:
+    """Evaluations whose directions all say "flipped" (attention <= -0.5, G_0 >= 0.5, last block <= -0.5),
+    whether or not accuracy and attention peak were yet high enough for the detector to decide: the near
+    misses a `reversed` label needs, as opposed to the trap (flat attention over a forward encoder)."""
+    joined = pd.concat([attention, g0, last_block], axis=1, join="inner").dropna()
+    if joined.empty:
+        return 0
+    a, first, last = (joined.iloc[:, i] for i in range(3))
+    return int(((a <= BACKWARD) & (first >= -BACKWARD) & (last <= BACKWARD)).sum())
+
+
 def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per finished run: the backward phase and the final directions, from the metric curves."""
     rows = []
@@ -73,6 +84,8 @@ def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
         every = int(float(run.data.params.get("detector.every", "50")))
         attention = history(trial.run_id, "attention_direction")
         backward = attention[attention <= BACKWARD]
+        g0 = history(trial.run_id, "block_direction_0")
+        last_block = history(trial.run_id, f"block_direction_{layers}")
         rows.append(
             {
                 "trial_key": trial.trial_key,
@@ -81,8 +94,9 @@ def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
                 "backward_steps": len(backward) * every,
                 "backward_from": float(backward.index[0]) if len(backward) else math.nan,
                 "backward_to": float(backward.index[-1]) if len(backward) else math.nan,
-                "g0_direction": _at(history(trial.run_id, "block_direction_0"), math.inf),
-                "last_block_direction": _at(history(trial.run_id, f"block_direction_{layers}"), math.inf),
+                "reversed_encoder_steps": reversed_encoder_readings(attention, g0, last_block) * every,
+                "g0_direction": _at(g0, math.inf),
+                "last_block_direction": _at(last_block, math.inf),
                 "final_step": float(attention.index[-1]) if len(attention) else math.nan,
             }
         )
@@ -209,10 +223,17 @@ def report(
         runs=("trial_key", "size"),
         with_backward_phase=("backward_steps", lambda s: int((s > 0).sum())),
         median_backward_steps=("backward_steps", "median"),
+        with_reversed_encoder=("reversed_encoder_steps", lambda s: int((s > 0).sum())),
+        median_reversed_encoder_steps=("reversed_encoder_steps", "median"),
         median_min_attention=("min_attention", "median"),
         median_final_step=("final_step", "median"),
     )
     out += ["### Backward phase (attention direction <= -0.5 at some evaluation)", ""]
+    out += [
+        "`reversed_encoder`: evaluations whose attention, G_0 and last-block directions all read as a flip "
+        "(accuracy and attention peak not required).",
+        "",
+    ]
     out += [_markdown(phase.reset_index(), ".2f"), ""]
 
     out += [

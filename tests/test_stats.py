@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweep.report import reversed_encoder_readings
 from sweep.stats import (
     REGRESSION_COLUMNS,
     cell_table,
@@ -282,3 +283,12 @@ def test_metric_names_are_mlflow_safe():
         return
     for key in metrics:
         _validate_metric_name(key)
+
+
+def test_reversed_encoder_readings_need_all_three_directions():
+    steps = [50, 100, 150, 200, 250]
+    attention = pd.Series([-0.9, -0.9, -0.9, +0.9, -0.6], index=steps)
+    g0 = pd.Series([+0.8, +0.1, +0.8, +0.8, +0.7], index=steps)  # step 100: encoder input not forwards (trap)
+    last = pd.Series([-0.7, -0.7, -0.2, -0.7, -0.5], index=steps)  # step 150: last block not backwards
+    assert reversed_encoder_readings(attention, g0, last) == 2  # steps 50 and 250 only
+    assert reversed_encoder_readings(attention, g0.iloc[:0], last) == 0  # no gradient curve, no reading
