@@ -62,15 +62,17 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
+def reads_as_flip(attention: pd.Series, g0: pd.Series, last_block: pd.Series) -> pd.Series:
+    """Elementwise: do the directions say "flipped" (attention <= -0.5, G_0 >= 0.5, last block <= -0.5)?"""
+    return (attention <= BACKWARD) & (g0 >= -BACKWARD) & (last_block <= BACKWARD)
+
+
 def reversed_encoder_readings(attention: pd.Series, g0: pd.Series, last_block: pd.Series) -> int:
-    """Evaluations whose directions all say "flipped" (attention <= -0.5, G_0 >= 0.5, last block <= -0.5),
-    whether or not accuracy and attention peak were yet high enough for the detector to decide: the near
-    misses a `reversed` label needs, as opposed to the trap (flat attention over a forward encoder)."""
+    """Evaluations whose directions all read as a flip, whether or not accuracy and attention peak were yet
+    high enough for the detector to decide: the near misses a `reversed` label needs, as opposed to the trap
+    (flat attention over a forward encoder)."""
     joined = pd.concat([attention, g0, last_block], axis=1, join="inner").dropna()
-    if joined.empty:
-        return 0
-    a, first, last = (joined.iloc[:, i] for i in range(3))
-    return int(((a <= BACKWARD) & (first >= -BACKWARD) & (last <= BACKWARD)).sum())
+    return int(reads_as_flip(*(joined.iloc[:, i] for i in range(3))).sum())
 
 
 def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
@@ -249,10 +251,8 @@ def report(
     ]
     out += ["### Reversed runs, verified", "", _markdown(verify), ""]
     if len(flipped):
-        ok = (
-            (flipped["attention_direction"] <= BACKWARD)
-            & (flipped["g0_direction"] >= -BACKWARD)
-            & (flipped["last_block_direction"] <= BACKWARD)
+        ok = reads_as_flip(
+            flipped["attention_direction"], flipped["g0_direction"], flipped["last_block_direction"]
         )
         out += [f"{int(ok.sum())} of {len(flipped)} reversed runs pass every check.", ""]
     natural = frame[~frame["control"].astype(bool)]
