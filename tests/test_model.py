@@ -86,6 +86,14 @@ def test_mhsa_scale_multiplies_the_self_attention_branch_from_its_block(scale_fr
     assert norms[3.0][scaled]["mhsa"] == pytest.approx(3.0 * norms[1.0][scaled]["mhsa"], rel=1e-5)
 
 
+def test_mhsa_scale_schedule_is_piecewise_linear_and_held_beyond_its_points():
+    encoder = make(mhsa_scale_schedule=[[100, 1.0], [150, 3.0], [250, 2.0]]).encoder
+    at = [encoder.mhsa_scale_at(step) for step in (0, 100, 125, 150, 200, 1000, None)]
+    assert at == pytest.approx([1.0, 1.0, 2.0, 3.0, 2.5, 2.0, 2.0])
+    # Without a schedule the constant scale holds throughout, the trained model included.
+    assert make(mhsa_scale=3.0).encoder.mhsa_scale_at(None) == 3.0
+
+
 @pytest.mark.parametrize("decoder", ["lstm", "transformer"])
 def test_cross_attention_is_a_distribution_over_valid_frames(decoder):
     model = make(decoder=decoder)

@@ -35,6 +35,8 @@ def test_bad_value_is_named():
     [
         ({"model.d_model": 30, "model.heads": 4}, "divisible"),
         ({"model.layers": 4, "model.mhsa_scale_from": 5}, "mhsa_scale_from (5) exceeds layers (4)"),
+        ({"model.mhsa_scale_schedule": [[200, 1.0], [100, 3.0]]}, "increasing steps"),
+        ({"model.mhsa_scale": 2.0, "model.mhsa_scale_schedule": [[0, 3.0]]}, "not both"),
     ],
 )
 def test_cross_field_check_names_section(overrides, message):

@@ -97,6 +97,11 @@ class ModelConfig(_Section):
     mhsa_scale_from: int = Field(
         1, ge=1, description="first block (1-based) whose MHSA gets mhsa_scale; earlier blocks keep 1.0"
     )
+    mhsa_scale_schedule: list[tuple[int, float]] = Field(
+        default_factory=list,
+        description="[[step, scale], ...]: mhsa_scale over training, linear between points, held beyond them "
+        "(the paper's order: dominance grows after the early phase); empty: the constant mhsa_scale",
+    )
     conv_kernel: int = Field(15, ge=1, description="depthwise convolution kernel (paper: 32)")
     conv_norm: Literal["batch", "layer"] = Field("layer", description="norm in the conv module")
     pos_enc: PosEnc = Field("rel_shaw", description="positional encoding: " + ", ".join(POS_ENCODINGS))
@@ -143,6 +148,11 @@ class ModelConfig(_Section):
         bad = [b for b in self.ctc_layers if not 1 <= b <= self.layers]
         if bad:
             raise ValueError(f"ctc_layers {bad} outside 1..{self.layers}")
+        steps = [step for step, _ in self.mhsa_scale_schedule]
+        if steps != sorted(set(steps)) or any(scale < 0 for _, scale in self.mhsa_scale_schedule):
+            raise ValueError("mhsa_scale_schedule needs increasing steps and scales >= 0")
+        if self.mhsa_scale_schedule and self.mhsa_scale != 1.0:
+            raise ValueError("set mhsa_scale or mhsa_scale_schedule, not both")
         if self.mhsa_scale_from > self.layers:
             raise ValueError(f"mhsa_scale_from ({self.mhsa_scale_from}) exceeds layers ({self.layers})")
         if self.control_block > self.layers:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -306,10 +307,10 @@ class ConvModule(nn.Module):
 class ConformerBlock(nn.Module):
     """Pre-LN Macaron: x += s*FFN1(LN x); x += m*MHSA(LN x); x += Conv(LN x); x += s*FFN2(LN x); LN(x)."""
 
-    def __init__(self, cfg: ModelConfig, mhsa_scale: float = 1.0):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.d_model
-        self.ffn_scale, self.mhsa_scale = cfg.ffn_scale, mhsa_scale
+        self.ffn_scale = cfg.ffn_scale
         self.ffn1_norm, self.att_norm, self.conv_norm, self.ffn2_norm, self.out_norm = (
             nn.LayerNorm(d) for _ in range(5)
         )
@@ -321,13 +322,13 @@ class ConformerBlock(nn.Module):
         self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.dropout, cfg.pad_mode == "zero")
 
     def forward(
-        self, x: Tensor, mask: Tensor, mixing: bool = True, collect: bool = False
+        self, x: Tensor, mask: Tensor, mixing: bool = True, collect: bool = False, mhsa_scale: float = 1.0
     ) -> tuple[Tensor, Tensor | None, dict[str, float] | None]:
         """x (B, T', D) -> (B, T', D), and when collecting the attention weights and the dominance norms."""
         ffn1 = self.ffn_scale * self.ffn1(self.ffn1_norm(x))
         x = x + ffn1
         mhsa, weights = self.attention(self.att_norm(x), mask, mixing)
-        mhsa = self.mhsa_scale * mhsa
+        mhsa = mhsa_scale * mhsa
         norms = None
         if collect:
             # The paper's "dominance" check: a large MHSA output swamps the residual it is added to.
@@ -349,10 +350,17 @@ class ConformerEncoder(nn.Module):
         self.frontend = ConvFrontend(
             feature_dim, cfg.frontend_channels, cfg.d_model, cfg.subsampling, cfg.dropout, zero_pad
         )
-        self.blocks = nn.ModuleList(
-            ConformerBlock(cfg, cfg.mhsa_scale if i >= cfg.mhsa_scale_from else 1.0)
-            for i in range(1, cfg.layers + 1)
-        )
+        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.layers))
+
+    def mhsa_scale_at(self, step: int | None) -> float:
+        """The MHSA residual scale of blocks >= mhsa_scale_from at `step` (None: the end of the schedule)."""
+        schedule = self.cfg.mhsa_scale_schedule
+        if not schedule:
+            return self.cfg.mhsa_scale
+        if step is None:
+            return schedule[-1][1]
+        steps, scales = zip(*schedule, strict=True)
+        return float(np.interp(step, steps, scales))
 
     def forward(
         self, features: Tensor, feature_lengths: Tensor, step: int | None = None, collect: bool = False
@@ -364,11 +372,13 @@ class ConformerEncoder(nn.Module):
         mask = lengths_to_mask(lengths, x.shape[1])
         mixing = step is None or step >= self.cfg.self_attention_off_steps
         reverse_at = self.cfg.control_block if self.cfg.control == "reverse_encoder" else None
+        mhsa_scale = self.mhsa_scale_at(step)
         hidden, attention, norms = [x], [], []
         for i, block in enumerate(self.blocks, start=1):
             if i == reverse_at:
                 x = reverse_valid_frames(x, lengths)  # control only; hidden[i - 1] keeps the unreversed input
-            x, weights, block_norms = block(x, mask, mixing, collect)
+            scale = mhsa_scale if i >= self.cfg.mhsa_scale_from else 1.0
+            x, weights, block_norms = block(x, mask, mixing, collect, scale)
             hidden.append(x)
             attention.append(weights)
             norms.append(block_norms)
