@@ -6,9 +6,9 @@ Prints Markdown (the tables of docs/reproduction.md come from here):
 
 * **Incidence** per cell: normal / reversed / undecided / failed and the reversal rate among decided runs
   with its Wilson 95 % interval (`sweep.stats`).
-* **Backward phase** per cell: runs whose cross-attention read reversed (direction <= -0.5) at some
-  evaluation, whatever their final label, and for how many steps. The prototype saw such phases with
-  absolute positions while the attention was still flat.
+* **Backward phase** per cell: runs whose cross-attention read reversed (direction <= -min_direction, the
+  run's own detector threshold, 0.5 by default) at some evaluation, whatever their final label, and for
+  how many steps. The prototype saw such phases with absolute positions while the attention was still flat.
 * **Dominance** per cell: the MHSA/FFN norm ratio of the block at the paper's depth (10 of 12), first,
   largest and last reading.
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last
@@ -30,8 +30,9 @@ from mlflow.tracking import MlflowClient
 
 from sweep.results import find_parent, trials_frame
 from sweep.stats import incidence_report
+from trainers.detector import reads_reversed
 
-BACKWARD = -0.5  # the detector's default min_direction, mirrored
+DEFAULT_MIN_DIRECTION = 0.5  # the detector's default, for runs that did not log detector.min_direction
 
 
 class Histories:
@@ -62,17 +63,14 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
-def reads_as_flip(attention: pd.Series, g0: pd.Series, last_block: pd.Series) -> pd.Series:
-    """Elementwise: do the directions say "flipped" (attention <= -0.5, G_0 >= 0.5, last block <= -0.5)?"""
-    return (attention <= BACKWARD) & (g0 >= -BACKWARD) & (last_block <= BACKWARD)
-
-
-def reversed_encoder_readings(attention: pd.Series, g0: pd.Series, last_block: pd.Series) -> int:
-    """Evaluations whose directions all read as a flip, whether or not accuracy and attention peak were yet
-    high enough for the detector to decide: the near misses a `reversed` label needs, as opposed to the trap
-    (flat attention over a forward encoder)."""
+def reversed_encoder_readings(
+    attention: pd.Series, g0: pd.Series, last_block: pd.Series, min_direction: float = DEFAULT_MIN_DIRECTION
+) -> int:
+    """Evaluations whose directions all read as a flip (the detector's `reads_reversed`), whether or not
+    accuracy and attention peak were yet high enough for the detector to decide: the near misses a `reversed`
+    label needs, as opposed to the trap (flat attention over a forward encoder)."""
     joined = pd.concat([attention, g0, last_block], axis=1, join="inner").dropna()
-    return int(reads_as_flip(*(joined.iloc[:, i] for i in range(3))).sum())
+    return int(reads_reversed(*(joined.iloc[:, i] for i in range(3)), min_direction).sum())
 
 
 def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
@@ -84,8 +82,9 @@ def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
         run = history.client.get_run(trial.run_id)
         layers = int(float(run.data.params.get("model.layers", "0")))
         every = int(float(run.data.params.get("detector.every", "50")))
+        min_direction = float(run.data.params.get("detector.min_direction", DEFAULT_MIN_DIRECTION))
         attention = history(trial.run_id, "attention_direction")
-        backward = attention[attention <= BACKWARD]
+        backward = attention[attention <= -min_direction]
         g0 = history(trial.run_id, "block_direction_0")
         last_block = history(trial.run_id, f"block_direction_{layers}")
         rows.append(
@@ -96,7 +95,9 @@ def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
                 "backward_steps": len(backward) * every,
                 "backward_from": float(backward.index[0]) if len(backward) else math.nan,
                 "backward_to": float(backward.index[-1]) if len(backward) else math.nan,
-                "reversed_encoder_steps": reversed_encoder_readings(attention, g0, last_block) * every,
+                "min_direction": min_direction,
+                "reversed_encoder_steps": every
+                * reversed_encoder_readings(attention, g0, last_block, min_direction),
                 "g0_direction": _at(g0, math.inf),
                 "last_block_direction": _at(last_block, math.inf),
                 "final_step": float(attention.index[-1]) if len(attention) else math.nan,
@@ -230,7 +231,10 @@ def report(
         median_min_attention=("min_attention", "median"),
         median_final_step=("final_step", "median"),
     )
-    out += ["### Backward phase (attention direction <= -0.5 at some evaluation)", ""]
+    out += [
+        "### Backward phase (attention direction <= -min_direction, 0.5 by default, at some evaluation)",
+        "",
+    ]
     out += [
         "`reversed_encoder`: evaluations whose attention, G_0 and last-block directions all read as a flip "
         "(accuracy and attention peak not required).",
@@ -251,8 +255,11 @@ def report(
     ]
     out += ["### Reversed runs, verified", "", _markdown(verify), ""]
     if len(flipped):
-        ok = reads_as_flip(
-            flipped["attention_direction"], flipped["g0_direction"], flipped["last_block_direction"]
+        ok = reads_reversed(
+            flipped["attention_direction"],
+            flipped["g0_direction"],
+            flipped["last_block_direction"],
+            flipped["min_direction"],
         )
         out += [f"{int(ok.sum())} of {len(flipped)} reversed runs pass every check.", ""]
     natural = frame[~frame["control"].astype(bool)]

@@ -292,3 +292,5 @@ def test_reversed_encoder_readings_need_all_three_directions():
     last = pd.Series([-0.7, -0.7, -0.2, -0.7, -0.5], index=steps)  # step 150: last block not backwards
     assert reversed_encoder_readings(attention, g0, last) == 2  # steps 50 and 250 only
     assert reversed_encoder_readings(attention, g0.iloc[:0], last) == 0  # no gradient curve, no reading
+    # A stricter detector threshold (the run's detector.min_direction) leaves only step 50.
+    assert reversed_encoder_readings(attention, g0, last, min_direction=0.6) == 1

@@ -483,6 +483,14 @@ def evaluate(
 # Labels, verdict, early stop
 
 
+def reads_reversed(attention, first_block, last_block, min_direction: float):
+    """The direction rule of a flip: attention <= -m, G_0 >= m (the input still runs forwards) and the last
+    block <= -m. Works elementwise on floats, arrays and pandas Series alike, so `sweep.report` reads its
+    curves with the very rule `classify` applies."""
+    m = min_direction
+    return (attention <= -m) & (first_block >= m) & (last_block <= -m)
+
+
 def classify(e: Evaluation, cfg: DetectorConfig) -> str:
     """Label one evaluation `normal`, `reversed` or `undecided` (m = cfg.min_direction).
 
@@ -500,7 +508,7 @@ def classify(e: Evaluation, cfg: DetectorConfig) -> str:
     if not e.block_directions:
         return "undecided"
     first, last = e.block_directions[0], e.block_directions[-1]
-    if e.attention_direction <= -m and first >= m and last <= -m:
+    if reads_reversed(e.attention_direction, first, last, m):
         return "reversed"
     if e.attention_direction >= m and last >= m:
         return "normal"
