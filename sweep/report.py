@@ -229,6 +229,7 @@ def report(
         with_reversed_encoder=("reversed_encoder_steps", lambda s: int((s > 0).sum())),
         median_reversed_encoder_steps=("reversed_encoder_steps", "median"),
         median_min_attention=("min_attention", "median"),
+        median_final_attention=("attention_direction", "median"),
         median_final_step=("final_step", "median"),
     )
     out += [
