@@ -30,9 +30,12 @@ from mlflow.tracking import MlflowClient
 
 from sweep.results import find_parent, trials_frame
 from sweep.stats import incidence_report
+from trainers.config import DetectorConfig
 from trainers.detector import reads_reversed
 
-DEFAULT_MIN_DIRECTION = 0.5  # the detector's default, for runs that did not log detector.min_direction
+# The detector's own defaults, for runs that did not log these keys.
+DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default
+DEFAULT_EVERY = DetectorConfig.model_fields["every"].default
 
 
 class Histories:
@@ -81,7 +84,7 @@ def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
             continue
         run = history.client.get_run(trial.run_id)
         layers = int(float(run.data.params.get("model.layers", "0")))
-        every = int(float(run.data.params.get("detector.every", "50")))
+        every = int(float(run.data.params.get("detector.every", DEFAULT_EVERY)))
         min_direction = float(run.data.params.get("detector.min_direction", DEFAULT_MIN_DIRECTION))
         attention = history(trial.run_id, "attention_direction")
         backward = attention[attention <= -min_direction]
