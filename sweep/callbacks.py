@@ -1,31 +1,54 @@
-"""Driver-side Tune callbacks: MLflow child runs per trial, and the live progress view.
+"""Driver-side Tune callbacks: one MLflow child run per trial, and the live progress view's events.
 
-All MLflow traffic happens here, in the driver, in batches; trials stay plain functions. Recording a trial's
-end is idempotent (`record_completion`, `record_failure`), so the driver can re-run it after a resume for
-trials whose end was reached but not yet recorded when the previous driver died.
+All MLflow traffic happens here, in the driver, in batches; trials stay plain functions. A trial's curves are
+logged as it reports, its cross-attention image of every evaluation as an image keyed by step (from the
+checkpoints, which reach shared storage also on a cluster), and at its end its `TrialOutcome` under the
+outcome's fixed names. Recording a trial's end is idempotent (`record_completion`, `record_failure`), so the
+driver can re-run it after a resume for trials whose end was reached but not yet recorded when the previous
+driver died.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ray import tune
-from rich.console import Console
 
+from sweep import progress
 from sweep.registry import get_trainer
-from sweep.tracking import Tracker
-from sweep.trainable import trial_key, trial_overrides
+from sweep.tracking import TERMINAL_STATUSES, Tracker
+from sweep.trainable import trial_cell, trial_key, trial_overrides, trial_title
 from trainers.config import flatten
+from trainers.outcome import ATTENTION_MAP_KEY, TrialOutcome, attention_maps
 
 ARTIFACTS_SKIP = ("state.pt",)
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_NOT_CURVES = {"step", "final", "done", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp"}
+_NOT_CURVES |= {"pid", "outcome", "label"}
+
+
+_logging = {"seconds": 0.0}  # MLflow time of every recorder in this driver process, restored ones included
+
+
+@contextlib.contextmanager
+def _timed() -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _logging["seconds"] += time.perf_counter() - started
+
+
+def logging_seconds() -> float:
+    """Seconds this driver spent writing trials to MLflow (the sweep's logging overhead)."""
+    return _logging["seconds"]
 
 
 class TrialRecorder:
-    """Creates, fills and closes the child run of each trial. Counts its own time (the logging overhead)."""
+    """Creates, fills and closes the child run of each trial; its time counts in `logging_seconds`."""
 
     def __init__(self, tracker: Tracker, parent_run_id: str, trainer: str):
         self.tracker = tracker
@@ -33,112 +56,72 @@ class TrialRecorder:
         self.trainer = trainer
         self.run_ids: dict[str, str] = {}
         self.last_steps: dict[str, int] = {}
-        self.seconds = 0.0
+        self.image_steps: dict[str, set[int]] = {}
 
     def run_id(self, config: dict[str, Any], trial_id: str) -> str:
         key = trial_key(config, trial_id)
         if key not in self.run_ids:
             overrides = trial_overrides(config, trial_id)
-            spec = config.get("spec") or {}
             trial_config = get_trainer(self.trainer).build_config(overrides)
-            params = flatten(trial_config)
             tags = {
-                "cell": spec.get("cell", _sampled_cell(config)),
+                "cell": trial_cell(config),
                 "control": str(trial_config.model.control != "none"),
                 "seed": overrides["seed"],
                 "ray_trial_id": trial_id,
             }
-            run_id = self.tracker.child(self.parent_run_id, key, f"{key} {tags['cell']}"[:250], params, tags)
+            name = trial_title(config, trial_id)[:250]
+            run_id = self.tracker.child(self.parent_run_id, key, name, flatten(trial_config), tags)
             self.run_ids[key] = run_id
             self.last_steps[key] = self.tracker.last_step(run_id)
+            self.image_steps[key] = self.tracker.image_steps(run_id, ATTENTION_MAP_KEY)
         return self.run_ids[key]
 
     def record_result(self, config: dict[str, Any], trial_id: str, result: dict[str, Any]) -> None:
-        started = time.perf_counter()
-        run_id = self.run_id(config, trial_id)
-        key = trial_key(config, trial_id)
-        step = int(result.get("step", 0))
-        if not result.get("final") and step > self.last_steps.get(key, -1):
-            self.tracker.log_metrics(run_id, _curve_metrics(result), step=step)
-            self.last_steps[key] = step
-        self.seconds += time.perf_counter() - started
+        with _timed():
+            run_id = self.run_id(config, trial_id)
+            key = trial_key(config, trial_id)
+            step = int(result.get("step", 0))
+            if not result.get("final") and step > self.last_steps.get(key, -1):
+                curves = {k: v for k, v in result.items() if k not in _NOT_CURVES and "/" not in k}
+                self.tracker.log_metrics(run_id, curves, step=step)
+                self.last_steps[key] = step
 
-    def record_completion(self, config: dict[str, Any], trial_id: str, checkpoint_dir: str | None) -> str:
-        """Close the child run from the final checkpoint; returns the label."""
-        started = time.perf_counter()
+    def record_attention_maps(self, config: dict[str, Any], trial_id: str, checkpoint_dir: str) -> None:
+        """Log the checkpoint's cross-attention images whose steps this run does not have yet."""
+        with _timed():
+            run_id = self.run_id(config, trial_id)
+            logged = self.image_steps[trial_key(config, trial_id)]
+            for step, path in sorted(attention_maps(checkpoint_dir).items()):
+                if step not in logged:
+                    self.tracker.log_image(run_id, path, ATTENTION_MAP_KEY, step)
+                    logged.add(step)
+
+    def record_completion(self, config: dict[str, Any], trial_id: str, checkpoint_dir: str) -> str:
+        """Close the child run from the final checkpoint's outcome; returns the label."""
         run_id = self.run_id(config, trial_id)
-        if self.tracker.status(run_id) in TERMINAL:
+        if self.tracker.status(run_id) in TERMINAL_STATUSES:
             return self.tracker.client.get_run(run_id).data.tags.get("label", "")
-        result = json.loads((Path(checkpoint_dir) / "result.json").read_text())
-        verdict = result["verdict"]
-        tags = {
-            "label": verdict["label"],
-            "flip_block": verdict.get("flip_block") if verdict.get("flip_block") is not None else "",
-            "time_to_flip": verdict.get("time_to_flip") if verdict.get("time_to_flip") is not None else "",
-            "shifted": verdict.get("shifted", False),
-            "early_stopped": result.get("early_stopped", False),
-        }
-        self.tracker.set_tags(run_id, tags)
-        final = {f"final/{k}": v for k, v in result["final"].items() if not isinstance(v, list | dict)}
-        # The run's summary figures (backward phase, flip mechanism) as verdict/* metrics.
-        final.update(
-            {
-                f"verdict/{k}": v
-                for k, v in verdict.items()
-                if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
-            }
-        )
-        final.update(
-            {
-                "final/steps_done": result["steps_done"],
-                "final/detector_share": result["detector_share"],
-                "final/steps_per_second": result["steps_per_second"],
-            }
-        )
-        self.tracker.log_metrics(run_id, final, step=result["steps_done"])
-        self.tracker.log_artifacts(run_id, Path(checkpoint_dir), skip=ARTIFACTS_SKIP)
-        self.tracker.finish(run_id, "FINISHED")
-        self.seconds += time.perf_counter() - started
-        return verdict["label"]
+        self.record_attention_maps(config, trial_id, checkpoint_dir)
+        with _timed():
+            outcome = TrialOutcome.read(checkpoint_dir)
+            self.tracker.set_tags(run_id, outcome.mlflow_tags())
+            self.tracker.log_metrics(run_id, outcome.mlflow_metrics())  # summary values: step 0, bar charts
+            self.tracker.log_artifacts(run_id, Path(checkpoint_dir), skip=ARTIFACTS_SKIP)
+            self.tracker.finish(run_id, "FINISHED")
+        return outcome.label
 
     def record_failure(self, config: dict[str, Any], trial_id: str, error: str) -> None:
-        started = time.perf_counter()
-        run_id = self.run_id(config, trial_id)
-        if self.tracker.status(run_id) not in TERMINAL:
-            last_line = next(
-                (ln for ln in reversed(error.strip().splitlines()) if ln.strip()), "unknown error"
-            )
-            self.tracker.set_tags(run_id, {"label": "failed", "error": last_line[:500]})
+        with _timed():
+            run_id = self.run_id(config, trial_id)
+            if self.tracker.status(run_id) in TERMINAL_STATUSES:
+                return
+            overrides = trial_overrides(config, trial_id)
+            control = get_trainer(self.trainer).build_config(overrides).model.control != "none"
+            outcome = TrialOutcome.failed(error, control=control)
+            self.tracker.set_tags(run_id, outcome.mlflow_tags())
+            self.tracker.log_metrics(run_id, outcome.mlflow_metrics())
             self.tracker.client.log_text(run_id, error, "error.txt")
             self.tracker.finish(run_id, "FAILED")
-        self.seconds += time.perf_counter() - started
-
-
-def _sampled_cell(config: dict[str, Any]) -> str:
-    sampled = config.get("sampled") or {}
-    return ",".join(f"{k}={_short(v)}" for k, v in sampled.items()) or "sampled"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-_SKIP = {
-    "step",
-    "final",
-    "done",
-    "training_iteration",
-    "time_this_iter_s",
-    "time_total_s",
-    "timestamp",
-    "pid",
-}
-
-
-def _curve_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v for k, v in result.items() if k not in _SKIP and "/" not in k and not k.startswith("verdict_")
-    }
 
 
 def trial_error_text(trial) -> str:
@@ -151,62 +134,31 @@ def trial_error_text(trial) -> str:
 
 
 class MlflowTrialCallback(tune.Callback):
-    """Feeds Tune's trial events into a `TrialRecorder`."""
+    """Feeds Tune's trial events into a `TrialRecorder`, and tells the live progress view."""
 
     def __init__(self, recorder: TrialRecorder):
         self.recorder = recorder
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.recorder.run_id(trial.config, trial.trial_id)
+        progress.started(trial)
+        progress.update(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.recorder.record_result(trial.config, trial.trial_id, result)
+        progress.update(trials)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.recorder.record_attention_maps(trial.config, trial.trial_id, checkpoint.path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         checkpoint = trial.checkpoint
         if checkpoint is not None:
-            self.recorder.record_completion(trial.config, trial.trial_id, checkpoint.path)
+            label = self.recorder.record_completion(trial.config, trial.trial_id, checkpoint.path)
+            progress.finished(trial, label)
+        progress.update(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.recorder.record_failure(trial.config, trial.trial_id, trial_error_text(trial))
-
-
-class ProgressView(tune.Callback):
-    """One line per trial event: done / running / failed out of the total, and the labels so far."""
-
-    def __init__(self, total: int | None, already: dict[str, int] | None = None):
-        self.total = total
-        self.running = 0
-        self.labels: dict[str, int] = dict(already or {})
-        self._console: Console | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_console": None}
-
-    @property
-    def console(self) -> Console:
-        if self._console is None:
-            self._console = Console(highlight=False)
-        return self._console
-
-    def _line(self, event: str) -> None:
-        done = sum(self.labels.values())
-        total = f"/{self.total}" if self.total else ""
-        counts = "  ".join(f"{k} {v}" for k, v in sorted(self.labels.items()))
-        self.console.print(f"[{done}{total} done, {self.running} running] {event}   {counts}")
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running += 1
-        self._line(f"started {trial_key(trial.config, trial.trial_id)}")
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running = max(0, self.running - 1)
-        label = (trial.last_result or {}).get("verdict_label") or "unknown"
-        self.labels[label] = self.labels.get(label, 0) + 1
-        seconds = (trial.last_result or {}).get("trial_seconds", float("nan"))
-        self._line(f"{trial_key(trial.config, trial.trial_id)} -> {label} ({seconds:.0f} s)")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.running = max(0, self.running - 1)
-        self.labels["failed"] = self.labels.get("failed", 0) + 1
-        self._line(f"{trial_key(trial.config, trial.trial_id)} -> FAILED")
+        progress.finished(trial, "failed")
+        progress.update(trials)

@@ -26,6 +26,10 @@ class TrainerSpec:
     known_keys: Callable[[], set[str]]  # every dotted trial-config key
     reports: Callable[[str], bool]  # whether every evaluation report carries this metric (search objectives)
     metric_names: tuple[str, ...]  # the reported names, for suggestions
+    total_steps: Callable[[Any], int]  # a built config's training steps (progress and its ETA)
+    # "module:function"(built config) -> summary line or None: checks and prepares the trial's data (e.g. a
+    # speech corpus's feature cache) before the sweep writes anything; raises ValueError on bad input
+    prepare_data: str | None = None
 
 
 TRAINERS: dict[str, TrainerSpec] = {
@@ -36,6 +40,8 @@ TRAINERS: dict[str, TrainerSpec] = {
         known_keys=conformer_config.known_keys,
         reports=conformer_reported.is_reported,
         metric_names=conformer_reported.SCALARS,
+        total_steps=lambda config: config.train.steps,
+        prepare_data="trainers.speech:prepare_trial_data",
     ),
 }
 

@@ -1,20 +1,25 @@
 """A study's report, read back from MLflow: incidence with intervals, the backward phase, the mechanism.
 
     python -m sweep.report [--experiment NAME] [--sweep ID] [--tracking-uri URI] [--out FILE.md]
+                           [--plots DIR] [--tables DIR]
 
-Prints Markdown (the tables of docs/reproduction.md come from here):
+Prints Markdown (the tables of docs/reproduction.md come from here). Everything per run is what the trial
+recorded (its `TrialOutcome`, read by `sweep.results.load_sweep`), and the comparisons use the design the
+driver recorded on the parent run, so the numbers are the driver's own:
 
+* **Design**: the factors, the baseline cell (declared, or the first natural cell) and the control cells.
 * **Incidence** per cell: normal / reversed / undecided / failed and the reversal rate among decided runs
-  with its Wilson 95 % interval (`sweep.stats`).
-* **Backward phase** per cell: runs whose cross-attention read reversed (direction <= -min_direction, the
-  run's own detector threshold, 0.5 by default) at some evaluation, whatever their final label, and for
-  how many steps. The prototype saw such phases with absolute positions while the attention was still flat.
-* **Dominance** per cell: the MHSA/FFN norm ratio of the block at the paper's depth (10 of 12), first,
-  largest and last reading.
+  with its Wilson 95 % interval; **Fisher tests** of every natural cell against the baseline and the
+  **logistic regression** over the factors (`sweep.stats`).
+* **Backward phase** per cell: runs whose cross-attention read reversed (direction <= -min_direction) at some
+  evaluation, whatever their final label, how many evaluations and between which steps; and runs whose
+  attention, G_0 and last block all read as a flip at some evaluation (the near misses of a `reversed` label).
+* **Dominance** per cell: the MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of
+  12), first, largest and last reading (from the curves).
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last
   block's direction, the flipping block and when the flip happened.
-* **Mechanism** (natural runs only): the MHSA-to-FFN norm ratio of the flipping block before and after the
-  flip, next to the same block of every run that did not flip, read at the same step.
+* **Mechanism** (natural runs only): the flipping block's MHSA/FFN ratio before and after the flip, next to
+  the same block of every run that did not flip, read from its curve at the sweep's median flip step.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from sweep.results import find_parent, trials_frame
-from sweep.stats import incidence_report
+from sweep.results import SweepRecord, load_sweep
+from sweep.stats import IncidenceReport
+from sweep.tracking import default_tracking_uri
 from trainers.config import DetectorConfig
-from trainers.detector import reads_reversed
+from trainers.verdict import reads_reversed
 
-# The detector's own defaults, for runs that did not log these keys.
+# The detector's own default, for runs that did not log the key.
 DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default
-DEFAULT_EVERY = DetectorConfig.model_fields["every"].default
 
 
 class Histories:
@@ -44,6 +49,7 @@ class Histories:
     def __init__(self, client: MlflowClient):
         self.client = client
         self._cache: dict[tuple[str, str], pd.Series] = {}
+        self._params: dict[str, dict[str, str]] = {}
 
     def __call__(self, run_id: str, key: str) -> pd.Series:
         """A metric's curve as a step-indexed series (empty if the run never logged it)."""
@@ -51,6 +57,12 @@ class Histories:
             points = self.client.get_metric_history(run_id, key)
             self._cache[run_id, key] = pd.Series({p.step: p.value for p in points}, dtype=float).sort_index()
         return self._cache[run_id, key]
+
+    def param(self, run_id: str, key: str, default: float) -> float:
+        """A run's numeric trial-config value (e.g. `model.layers`)."""
+        if run_id not in self._params:
+            self._params[run_id] = self.client.get_run(run_id).data.params
+        return float(self._params[run_id].get(key, default))
 
 
 def paper_depth(layers: int) -> int:
@@ -66,81 +78,64 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
-def reversed_encoder_readings(
-    attention: pd.Series, g0: pd.Series, last_block: pd.Series, min_direction: float = DEFAULT_MIN_DIRECTION
-) -> int:
-    """Evaluations whose directions all read as a flip (the detector's `reads_reversed`), whether or not
-    accuracy and attention peak were yet high enough for the detector to decide: the near misses a `reversed`
-    label needs, as opposed to the trap (flat attention over a forward encoder)."""
-    joined = pd.concat([attention, g0, last_block], axis=1, join="inner").dropna()
-    return int(reads_reversed(*(joined.iloc[:, i] for i in range(3)), min_direction).sum())
+def finished_runs(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
+    """The runs with a label (not failed, not incomplete), with their depth and detector threshold."""
+    done = trials[trials["label"].isin(("normal", "reversed", "undecided"))].copy()
+    done["layers"] = [int(history.param(r, "model.layers", 0)) for r in done["run_id"]]
+    thresholds = (history.param(r, "detector.min_direction", DEFAULT_MIN_DIRECTION) for r in done["run_id"])
+    done["min_direction"] = list(thresholds)
+    return done
 
 
-def readings(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per finished run: the backward phase and the final directions, from the metric curves."""
-    rows = []
-    for trial in trials.itertuples(index=False):
-        if trial.label in ("failed", "incomplete"):
-            continue
-        run = history.client.get_run(trial.run_id)
-        layers = int(float(run.data.params.get("model.layers", "0")))
-        every = int(float(run.data.params.get("detector.every", DEFAULT_EVERY)))
-        min_direction = float(run.data.params.get("detector.min_direction", DEFAULT_MIN_DIRECTION))
-        attention = history(trial.run_id, "attention_direction")
-        backward = attention[attention <= -min_direction]
-        g0 = history(trial.run_id, "block_direction_0")
-        last_block = history(trial.run_id, f"block_direction_{layers}")
-        rows.append(
-            {
-                "trial_key": trial.trial_key,
-                "layers": layers,
-                "min_attention": float(attention.min()) if len(attention) else math.nan,
-                "backward_steps": len(backward) * every,
-                "backward_from": float(backward.index[0]) if len(backward) else math.nan,
-                "backward_to": float(backward.index[-1]) if len(backward) else math.nan,
-                "min_direction": min_direction,
-                "reversed_encoder_steps": every
-                * reversed_encoder_readings(attention, g0, last_block, min_direction),
-                "g0_direction": _at(g0, math.inf),
-                "last_block_direction": _at(last_block, math.inf),
-                "final_step": float(attention.index[-1]) if len(attention) else math.nan,
-            }
-        )
-    return trials.merge(pd.DataFrame(rows), on="trial_key", how="left")
+def backward_phase(finished: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, from each run's recorded figures: the backward phase and the reversed-encoder readings."""
+    return finished.groupby("cell", sort=False).agg(
+        runs=("trial_key", "size"),
+        with_backward_phase=("backward_evaluations", lambda s: int((s > 0).sum())),
+        median_backward_evaluations=("backward_evaluations", "median"),
+        median_backward_from=("backward_first_step", "median"),
+        median_backward_to=("backward_last_step", "median"),
+        with_reversed_encoder=("reversed_encoder_evaluations", lambda s: int((s > 0).sum())),
+        median_reversed_encoder_evaluations=("reversed_encoder_evaluations", "median"),
+        median_min_attention=("min_attention_direction", "median"),
+        median_final_attention=("attention_direction", "median"),
+        median_final_step=("steps", "median"),
+    )
 
 
-def mechanism(history: Histories, frame: pd.DataFrame) -> pd.DataFrame:
-    """MHSA/FFN ratio of the flipping block before (last reading before the flip) and at the end; runs that
-    did not flip are read at the same block and the median flip step of the sweep."""
-    flipped = frame[frame["label"] == "reversed"]
+def mechanism(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
+    """MHSA/FFN ratio of the flipping block before the flip and at the end: a reversed run's own recorded
+    figures; a run that did not flip, read from its curve at that block and the sweep's median flip step."""
+    flipped = finished[finished["label"] == "reversed"]
     if flipped.empty:
         return pd.DataFrame()
     block = int(flipped["flip_block"].mode().iloc[0])
     flip_step = float(flipped["time_to_flip"].median())
     rows = []
-    for run in frame[frame["label"].isin(["reversed", "normal", "undecided"])].itertuples(index=False):
-        own = run.label == "reversed"
-        b = int(run.flip_block) if own else block
-        step = float(run.time_to_flip) if own else flip_step
-        ratio = history(run.run_id, f"mhsa_ffn_ratio_{b}")
+    for run in finished.itertuples(index=False):
+        if run.label == "reversed":
+            b, before, after = int(run.flip_block), run.mhsa_ffn_ratio_before, run.mhsa_ffn_ratio_after
+        else:
+            b, ratio = block, history(run.run_id, f"mhsa_ffn_ratio_{block}")
+            before, after = _at(ratio, flip_step - 1), _at(ratio, math.inf)
         rows.append(
             {
                 "trial_key": run.trial_key,
                 "cell": run.cell,
                 "label": run.label,
                 "block": b,
-                "ratio_before": _at(ratio, step - 1),
-                "ratio_after": _at(ratio, math.inf),
+                "ratio_before": before,
+                "ratio_after": after,
             }
         )
     return pd.DataFrame(rows)
 
 
-def dominance(history: Histories, frame: pd.DataFrame) -> pd.DataFrame:
+def dominance(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
     """Per cell, MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of 12, scaled to
     the run's depth): first evaluation, maximum, end. Does self-attention come to dominate?"""
     rows = []
-    for run in frame.dropna(subset=["min_attention"]).itertuples(index=False):
+    for run in finished.itertuples(index=False):
         block = paper_depth(run.layers)
         ratio = history(run.run_id, f"mhsa_ffn_ratio_{block}")
         residual = history(run.run_id, f"mhsa_residual_ratio_{block}")
@@ -163,11 +158,11 @@ def dominance(history: Histories, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("cell", sort=False).median().reset_index()
 
 
-def curves(history: Histories, frame: pd.DataFrame, key: str) -> pd.DataFrame:
+def curves(history: Histories, finished: pd.DataFrame, key: str) -> pd.DataFrame:
     """Long-format curves (cell, trial_key, step, value) of metric `key`; `{depth}` in the key is replaced by
     the block at the paper's depth (10 of 12) of each run."""
     parts = []
-    for run in frame.dropna(subset=["min_attention"]).itertuples(index=False):
+    for run in finished.itertuples(index=False):
         name = key.replace("{depth}", str(paper_depth(run.layers)))
         series = history(run.run_id, name)
         parts.append(
@@ -178,13 +173,13 @@ def curves(history: Histories, frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def write_plots(history: Histories, frame: pd.DataFrame, directory: Path, name: str) -> list[Path]:
+def write_plots(history: Histories, finished: pd.DataFrame, directory: Path, name: str) -> list[Path]:
     """Attention direction and MHSA/residual ratio (paper's depth) over training, one line per run."""
     from sweep.plots import plot_curves  # matplotlib only when plots are asked for
 
     return [
         plot_curves(
-            curves(history, frame, "attention_direction"),
+            curves(history, finished, "attention_direction"),
             directory / f"{name}_attention_direction.png",
             "value",
             f"{name}: cross-attention direction (+1 diagonal, -1 anti-diagonal)",
@@ -192,7 +187,7 @@ def write_plots(history: Histories, frame: pd.DataFrame, directory: Path, name: 
             ylim=(-1.05, 1.05),
         ),
         plot_curves(
-            curves(history, frame, "mhsa_residual_ratio_{depth}"),
+            curves(history, finished, "mhsa_residual_ratio_{depth}"),
             directory / f"{name}_mhsa_residual.png",
             "value",
             f"{name}: ||MHSA|| / ||residual|| at the paper's depth",
@@ -205,16 +200,52 @@ def _markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     return frame.to_markdown(index=False, floatfmt=floatfmt) if len(frame) else "(none)"
 
 
+def design_lines(record: SweepRecord) -> list[str]:
+    design = record.design
+    how = "declared" if design.baseline_declared else "the first natural cell"
+    baseline = f"`{design.baseline}` ({how})" if design.baseline else "none"
+    controls = ", ".join(f"`{c}`" for c in design.control_cells) or "none"
+    lines = [
+        "### Design",
+        "",
+        f"Search: {design.search}; factors: {', '.join(f'`{f}`' for f in design.factors) or 'none'}; "
+        f"baseline cell: {baseline}; control cells: {controls}"
+        + (f"; seeds: {design.seeds}" if design.seeds else "")
+        + ".",
+        "",
+    ]
+    if design.legacy:
+        lines += ["(This sweep predates recorded designs: factors read from its params, no baseline.)", ""]
+    return lines
+
+
+def comparison_lines(stats: IncidenceReport) -> list[str]:
+    """Fisher tests against the baseline and the logistic regression, as Markdown."""
+    lines = [f"### Fisher exact tests against `{stats.baseline_cell}`", ""] if stats.baseline_cell else []
+    if stats.baseline_cell:
+        lines += [_markdown(stats.fisher.drop(columns="baseline"), ".4g"), ""]
+    return lines + ["### Logistic regression", "", "```", stats.regression_summary, "```", ""]
+
+
 def report(
-    client: MlflowClient, experiment: str, sweep_id: str | None = None, plots: Path | None = None
+    client: MlflowClient,
+    experiment: str,
+    sweep_id: str | None = None,
+    plots: Path | None = None,
+    tables: Path | None = None,
 ) -> str:
-    parent = find_parent(client, experiment, sweep_id)
-    trials = trials_frame(client, parent.info.run_id)
-    factors = [k.removeprefix("factor.") for k in parent.data.params if k.startswith("factor.")]
-    stats = incidence_report(trials, factors, parent.data.params.get("baseline") or None)
+    """The sweep's report as Markdown; `plots`: also draw every run's curves there; `tables`: also write the
+    statistics there as files (the same files the driver logged to the parent run)."""
+    record = load_sweep(client, experiment, sweep_id)
+    stats = record.incidence()
+    if tables is not None:
+        from sweep.outputs import write_incidence_files
+
+        write_incidence_files(stats, tables)
+    factors = record.design.factors
     history = Histories(client)
-    frame = readings(history, trials)
-    out = [f"## {parent.data.tags.get('mlflow.runName', parent.info.run_id)}", ""]
+    finished = finished_runs(history, record.trials)
+    out = [f"## {record.name}", "", *design_lines(record)]
 
     cells = stats.cells.copy()
     cells["rate [95% CI]"] = [
@@ -223,38 +254,27 @@ def report(
     ]
     columns = ["cell", *factors, "n", "reversed", "normal", "undecided", "failed", "rate [95% CI]"]
     out += ["### Incidence", "", _markdown(cells[[c for c in columns if c in cells]]), ""]
+    out += comparison_lines(stats)
 
-    finished = frame.dropna(subset=["min_attention"])
-    phase = finished.groupby("cell", sort=False).agg(
-        runs=("trial_key", "size"),
-        with_backward_phase=("backward_steps", lambda s: int((s > 0).sum())),
-        median_backward_steps=("backward_steps", "median"),
-        with_reversed_encoder=("reversed_encoder_steps", lambda s: int((s > 0).sum())),
-        median_reversed_encoder_steps=("reversed_encoder_steps", "median"),
-        median_min_attention=("min_attention", "median"),
-        median_final_attention=("attention_direction", "median"),
-        median_final_step=("final_step", "median"),
-    )
     out += [
         "### Backward phase (attention direction <= -min_direction, 0.5 by default, at some evaluation)",
         "",
-    ]
-    out += [
         "`reversed_encoder`: evaluations whose attention, G_0 and last-block directions all read as a flip "
-        "(accuracy and attention peak not required).",
+        "(accuracy and attention peak not required). `backward_from` / `_to`: first and last such step.",
+        "",
+        _markdown(backward_phase(finished).reset_index(), ".2f"),
         "",
     ]
-    out += [_markdown(phase.reset_index(), ".2f"), ""]
-
     out += [
         "### Self-attention dominance: MHSA/FFN and MHSA/residual norm ratios at the paper's depth (medians)",
         "",
+        _markdown(dominance(history, finished)),
+        "",
     ]
-    out += [_markdown(dominance(history, finished)), ""]
 
-    flipped = frame[frame["label"] == "reversed"]
+    flipped = finished[finished["label"] == "reversed"]
     verify = flipped[
-        ["trial_key", "cell", "control", "attention_direction", "g0_direction", "last_block_direction"]
+        ["trial_key", "cell", "control", "attention_direction", "g0_direction", "encoder_direction"]
         + ["flip_block", "time_to_flip"]
     ]
     out += ["### Reversed runs, verified", "", _markdown(verify), ""]
@@ -262,11 +282,11 @@ def report(
         ok = reads_reversed(
             flipped["attention_direction"],
             flipped["g0_direction"],
-            flipped["last_block_direction"],
+            flipped["encoder_direction"],
             flipped["min_direction"],
         )
         out += [f"{int(ok.sum())} of {len(flipped)} reversed runs pass every check.", ""]
-    natural = frame[~frame["control"].astype(bool)]
+    natural = finished[~finished["control"].astype(bool)]
     if (natural["label"] == "reversed").any():
         ratios = mechanism(history, natural)  # constructed flips say nothing about the mechanism
         summary = ratios.groupby("label")[["ratio_before", "ratio_after"]].median().reset_index()
@@ -276,10 +296,12 @@ def report(
     elif len(natural):
         out += ["No natural run reversed, so there is no flipping block to read the mechanism from.", ""]
     if plots is not None:
-        name = parent.data.tags.get("mlflow.runName", experiment).rsplit("-", 2)[0]  # <name>-<date>-<time>
-        out += [f"![{p.stem}]({p.as_posix()})" for p in write_plots(history, frame, plots, name)] + [""]
-    if "sweep/wall_seconds" in parent.data.metrics:
-        out += [f"Sweep wall time: {parent.data.metrics['sweep/wall_seconds']:.0f} s.", ""]
+        name = record.name.rsplit("-", 2)[0]  # <name>-<date>-<time>
+        out += [f"![{p.stem}]({p.as_posix()})" for p in write_plots(history, finished, plots, name)] + [""]
+    if "sweep/wall_seconds" in record.parent.data.metrics:
+        out += [f"Sweep wall time: {record.parent.data.metrics['sweep/wall_seconds']:.0f} s.", ""]
+    if stats.notes:
+        out += ["Notes:", "", *(f"- {note}" for note in stats.notes), ""]
     return "\n".join(out)
 
 
@@ -290,12 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
     parser.add_argument("--out", help="also write the Markdown to this file")
     parser.add_argument("--plots", type=Path, help="draw curves of every run into this folder")
+    parser.add_argument(
+        "--tables", type=Path, help="write the statistics (CSV, summary, plots) into this folder"
+    )
     args = parser.parse_args(argv)
-    from sweep.run import default_tracking_uri  # the driver's default, so both read the same store
-
-    client = MlflowClient(args.tracking_uri or default_tracking_uri())
+    client = MlflowClient(args.tracking_uri or default_tracking_uri())  # the driver's default store
     try:
-        text = report(client, args.experiment, args.sweep, args.plots)
+        text = report(client, args.experiment, args.sweep, args.plots, args.tables)
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

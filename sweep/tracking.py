@@ -4,11 +4,18 @@ Every write goes through `MlflowClient.log_batch` with only the keys we want (Ra
 each result key with its own call and is ~10x slower). Child runs are found again by the tags
 `flipsweep.sweep_id` + `flipsweep.trial_key`, so a resumed sweep keeps each trial's run: no duplicates, none
 left RUNNING.
+
+The experiment is tagged as a model-training experiment (`mlflow.experimentKind`), so that the MLflow UI
+opens it on its runs table and charts, and every run carries the code it ran: MLflow's source tags (entry
+point, git commit, branch, remote) plus `flipsweep.git.dirty`; a parent run of uncommitted code also keeps
+the diff (`source/uncommitted.diff`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -18,13 +25,46 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 SWEEP_TAG = "flipsweep.sweep_id"
 TRIAL_TAG = "flipsweep.trial_key"
 ROLE_TAG = "flipsweep.role"
 PARENT_TAG = "mlflow.parentRunId"
+DIRTY_TAG = "flipsweep.git.dirty"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # the MLflow UI's "Machine learning" experiment kind
 MAX_PARAM_LENGTH = 6000
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch call
+
+
+def default_tracking_uri() -> str:
+    """sqlite file in the working directory, as an absolute URI (Ray trials run in other folders)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite URI made absolute (the driver and every Ray worker must open the same file)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """Where to look at an experiment in the MLflow UI, opened on its runs in the model-training view (the UI
+    of MLflow 3 opens on GenAI pages unless told `workflowType=machine_learning`)."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"`mlflow ui --backend-store-uri {tracking_uri}`, then http://127.0.0.1:5000/{page}"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -48,13 +88,63 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if need be, and marked as a model-training experiment."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except MlflowException:  # another sweep created it a moment ago
+            experiment = client.get_experiment_by_name(name)
+        else:
+            return experiment_id
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def source_tags(module: str) -> dict[str, str]:
+    """MLflow's source tags for code in `module` (found without importing it): the file, its git commit,
+    branch and remote, and whether the working tree differs from that commit."""
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+
+    path = importlib.util.find_spec(module).origin
+    tags = {MLFLOW_SOURCE_NAME: path, MLFLOW_SOURCE_TYPE: "LOCAL"}
     try:
-        return client.create_experiment(name)
-    except MlflowException:  # another sweep created it a moment ago
-        return client.get_experiment_by_name(name).experiment_id
+        import getpass
+
+        tags[MLFLOW_USER] = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a container without a passwd entry
+        pass
+    found = {
+        MLFLOW_GIT_COMMIT: get_git_commit(path),
+        MLFLOW_GIT_BRANCH: get_git_branch(path),
+        MLFLOW_GIT_REPO_URL: get_git_repo_url(path),
+    }
+    tags.update({key: value for key, value in found.items() if value})
+    if found[MLFLOW_GIT_COMMIT]:
+        tags[DIRTY_TAG] = str(bool(uncommitted_diff(path)) or _untracked(path)).lower()
+    return tags
+
+
+def _repo(path: str):
+    import git
+
+    return git.Repo(path, search_parent_directories=True)
+
+
+def uncommitted_diff(path: str) -> str:
+    """`git diff HEAD` of the repository holding `path` ("" when clean or not in a repository)."""
+    try:
+        return _repo(path).git.diff("HEAD")
+    except Exception:  # noqa: BLE001 - no git, no repository: nothing to record
+        return ""
+
+
+def _untracked(path: str) -> bool:
+    try:
+        return bool(_repo(path).untracked_files)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _params(values: dict[str, Any]) -> list[Param]:
@@ -71,13 +161,25 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def search_all(client: MlflowClient, experiment_id: str, query: str) -> list:
+    """Every run of the experiment matching `query`, page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 class Tracker:
     """Thin, picklable wrapper around an MlflowClient for one sweep."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str):
+    def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str, trial_tags: dict | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.sweep_id = sweep_id
+        self.trial_tags = dict(trial_tags or {})  # on every child run: the trial code's source tags
         self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into tuner.pkl
@@ -95,12 +197,18 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
         return runs[0] if runs else None
 
-    def start_parent(self, params: dict[str, Any], description: str = "") -> str:
+    def start_parent(self, params: dict[str, Any], description: str = "", tags: dict | None = None) -> str:
+        """The sweep's parent run, created with `params` and `tags`, or found again (and set RUNNING)."""
         existing = self._find(**{SWEEP_TAG: self.sweep_id, ROLE_TAG: "parent"})
         if existing is not None:
             self.client.update_run(existing.info.run_id, status="RUNNING")
             return existing.info.run_id
-        tags = {SWEEP_TAG: self.sweep_id, ROLE_TAG: "parent", "mlflow.note.content": description}
+        tags = {
+            **(tags or {}),
+            SWEEP_TAG: self.sweep_id,
+            ROLE_TAG: "parent",
+            "mlflow.note.content": description,
+        }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_id)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -115,6 +223,7 @@ class Tracker:
                 self.client.update_run(existing.info.run_id, status="RUNNING")
             return existing.info.run_id
         all_tags = {
+            **self.trial_tags,
             SWEEP_TAG: self.sweep_id,
             TRIAL_TAG: trial_key,
             ROLE_TAG: "trial",
@@ -154,16 +263,23 @@ class Tracker:
             if path.is_file() and path.name not in skip and not path.name.endswith(".tmp"):
                 self.client.log_artifact(run_id, str(path), subdir)
 
+    def log_image(self, run_id: str, path: Path, key: str, step: int) -> None:
+        """An image file logged under `key` at `step`: the MLflow UI shows it with a step slider."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self.client.log_image(run_id, image.convert("RGB"), key=key, step=step, synchronous=True)
+
+    def image_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which an image under `key` was already logged (after a resume: not again)."""
+        stem = key.replace("/", "~") + "+step+"
+        names = (Path(a.path).name for a in self.client.list_artifacts(run_id, "images"))
+        return {int(name[len(stem) :].split("+")[0]) for name in names if name.startswith(stem)}
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def children(self, parent_run_id: str):
-        """All child runs of a parent, as a pandas frame (params.*, metrics.*, tags.*)."""
-        import mlflow
-
-        return mlflow.search_runs(
-            experiment_ids=[self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-            max_results=50000,
-            output_format="pandas",
-        )
+    def children_statuses(self, parent_run_id: str) -> list[str]:
+        """The status of every child run of a parent."""
+        runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        return [run.info.status for run in runs]

@@ -3,6 +3,10 @@
 The trial itself (e.g. `trainers.train.run_trial`) is a plain function of a config and an output folder. This
 wrapper gives it a private working folder, restores that folder from the latest Tune checkpoint (after a
 retry or a resumed sweep), and hands every saved state to Tune as a checkpoint so that nothing is lost.
+
+Its last result repeats the trial's last evaluation report (so a search objective is there too), marked
+`final`, with the trial's outcome (`trainers.outcome.TrialOutcome`) under `outcome`; the final checkpoint
+holds the same outcome in `result.json`.
 """
 
 from __future__ import annotations
@@ -15,10 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-
-from trainers.reported import RUNNING_PHASE
-
-FINAL_KEYS = ("label", "flip_block", "time_to_flip", "shifted")
 
 
 def resolve(reference: str):
@@ -46,6 +46,23 @@ def trial_overrides(config: dict[str, Any], trial_id: str | None = None) -> dict
     return overrides
 
 
+def trial_cell(config: dict[str, Any]) -> str:
+    """The cell a trial belongs to: the grid cell's name, or a sampled trial's values."""
+    spec = config.get("spec") or {}
+    if "cell" in spec:
+        return spec["cell"]
+    sampled = config.get("sampled") or {}
+    short = (f"{v:.3g}" if isinstance(v, float) else str(v) for v in sampled.values())
+    return ",".join(f"{k}={v}" for k, v in zip(sampled, short, strict=True)) or "sampled"
+
+
+def trial_title(config: dict[str, Any], trial_id: str | None = None) -> str:
+    """What a person reads as the trial's name: its cell and seed, then its key (`model.pos_enc=abs seed 1
+    (c001-r01)`)."""
+    seed = trial_overrides(config, trial_id)["seed"]
+    return f"{trial_cell(config)} seed {seed} ({trial_key(config, trial_id)})"
+
+
 def run_tune_trial(config: dict[str, Any]) -> None:
     """Tune entry point. `config` carries `run` (registry reference) and `spec` and/or `sampled` values."""
     started = time.perf_counter()
@@ -55,9 +72,12 @@ def run_tune_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as saved:
             shutil.copytree(saved, work_dir, dirs_exist_ok=True)
     log_file = open(work_dir / "train.log", "a")  # noqa: SIM115 - closed below
+    last_report: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         metrics = {**metrics, "trial_seconds": time.perf_counter() - started}
+        last_report.clear()
+        last_report.update(metrics)
         if checkpoint_dir is None:
             tune.report(metrics)
         else:
@@ -71,16 +91,16 @@ def run_tune_trial(config: dict[str, Any]) -> None:
     try:
         run = resolve(config["run"])
         result = run(trial_overrides(config), work_dir, report=report, log=log)
-        verdict = result["verdict"]
+        outcome = result["outcome"]
         final = {
+            # A searcher reads its objective from the last result: the last evaluation's report, or (a trial
+            # resumed after its last evaluation) the outcome's figures.
+            **outcome["figures"],
+            **last_report,
             "final": 1,
-            "step": result["steps_done"],
+            "step": outcome["steps_done"],
             "trial_seconds": time.perf_counter() - started,
-            "detector_share": result["detector_share"],
-            "reversal_score": result["final"]["reversal_score"],  # the optuna objective reads the last result
-            # ... or the backward phase, which scores a near miss above a run that never read backwards
-            **{k: verdict.get(k) for k in RUNNING_PHASE},
-            **{f"verdict_{k}": verdict.get(k) for k in FINAL_KEYS},
+            "outcome": outcome,
         }
         log_file.close()
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(work_dir))

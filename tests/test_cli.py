@@ -62,3 +62,13 @@ def test_shipped_spaces_are_valid(space, tmp_path):
     done = run_cli([str(space), "--dry-run"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "trials" in done.stdout
+
+
+def test_help_documents_every_exit_code(tmp_path):
+    from sweep.exit_codes import MEANING, Exit
+
+    done = run_cli(["--help"], tmp_path)
+    assert done.returncode == 0
+    lines = done.stdout.split("exit codes:")[1].splitlines()
+    for code in Exit:
+        assert any(line.split()[:1] == [str(code.value)] and MEANING[code] in line for line in lines), code

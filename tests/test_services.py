@@ -3,18 +3,22 @@ a Ray head node, and two sweeps writing to one store at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ALIGNING
 from tests.test_sweep import ROOT, runs, sweep, write_space
 
 pytestmark = pytest.mark.slow
@@ -103,9 +107,33 @@ def test_sweep_against_a_tracking_server(tmp_path, mlflow_server):
     assert list((tmp_path / "artifacts").rglob("attention.png"))
 
 
+def stop_processes_naming(folder: str) -> None:
+    """Kill every process whose command line names `folder`, and their children (a Ray head's services
+    carry its session folder in their arguments; its workers are the raylet's children)."""
+    import psutil
+
+    named = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(folder in part for part in (p.info["cmdline"] or []))
+    ]
+    family = {p.pid: p for p in named}
+    family.pop(os.getpid(), None)  # never the caller, should its own arguments name the folder
+    for process in named:
+        with contextlib.suppress(psutil.Error):
+            family.update({c.pid: c for c in process.children(recursive=True)})
+    for process in family.values():
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(list(family.values()), timeout=30)
+
+
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     port = free_port()
+    # A folder of its own (short: Ray's socket paths must stay under 108 characters) names this head's
+    # processes, so that exactly they are stopped: `ray stop` would end every Ray on the machine.
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
     env = {**os.environ, "RAY_ADDRESS": ""}
     command = [
         str(BIN / "ray"),
@@ -120,13 +148,15 @@ def ray_head(tmp_path):
         "--include-dashboard",
         "false",
         "--disable-usage-stats",
+        "--temp-dir",
+        temp_dir,
     ]
-    subprocess.run(command, check=True, capture_output=True, env=env, timeout=120)
     try:
+        subprocess.run(command, check=True, capture_output=True, env=env, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
-        # `ray start` daemonises its processes in their own sessions; `ray stop` ends them all.
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        stop_processes_naming(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_sweep_on_a_ray_cluster(tmp_path, ray_head):
@@ -161,32 +191,125 @@ def test_two_sweeps_into_one_store_do_not_mix(tmp_path):
         assert child.data.params["model.ffn_scale"] == expected
 
 
-def test_mlflow_ui_shows_the_reversal_rate_plot(tmp_path, mlflow_server):
-    """A real browser opens the sweep's parent run in the MLflow UI and finds the reversal-rate plot."""
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The card of one chart in the runs' chart view: the nearest ancestor of its exact title that holds a plot.
+CHART_CARD = """title => {
+    const heading = [...document.querySelectorAll('*')].find(
+        e => e.children.length === 0 && e.textContent.trim() === title);
+    let card = heading;
+    while (card && !card.querySelector('svg.main-svg')) card = card.parentElement;
+    return card ? card.innerText : null;
+}"""
+
+
+@pytest.fixture
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
+    if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make test installs it)")
-    done = sweep(tmp_path, write_space(tmp_path / "space.yaml"), "--tracking-uri", mlflow_server)
-    assert done.returncode == 0, done.stderr[-3000:]
-    _, parents, _ = runs(mlflow_server)
-    parent = parents[0]
-    url = f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}/artifacts"
-    screenshots = ROOT / "test-artifacts"
-    screenshots.mkdir(exist_ok=True)
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.get_by_text("plots", exact=True).first.click(timeout=60_000)
-            page.get_by_text("rate_by_factor.png").first.click(timeout=30_000)
-            # The preview is an <img> (its src may be a blob: URL); wait until one has really loaded.
-            loaded = "() => [...document.images].some(img => img.complete && img.naturalWidth > 300)"
-            try:
-                page.wait_for_function(loaded, timeout=60_000)
-            finally:
-                page.screenshot(path=str(screenshots / "mlflow_ui_parent_run.png"))
+            yield launched
         finally:
-            browser.close()
+            launched.close()
+
+
+def _close_assistant(page) -> None:
+    """MLflow 3 opens an assistant panel beside the runs; close it where it is shown."""
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+
+
+def test_mlflow_ui_charts_reversal_rate_per_factor_level_and_steps_through_attention(
+    tmp_path, mlflow_server, browser
+):
+    """In the MLflow UI's chart view, grouped by a factor, each level shows the mean of `verdict/reversed`
+    (its reversal rate among decided runs); an image grid steps through the cross-attention maps; the parent
+    run's reversal-rate plot opens."""
+    # Two FFN scales x (natural, detector control), long enough to align: natural runs end normal, controls
+    # reversed, so each FFN level's mean is a real average of different outcomes.
+    space = write_space(
+        tmp_path / "space.yaml",
+        base={**ALIGNING, "model.control_block": 2},
+        factors={"model.ffn_scale": [0.5, 1.0], "model.control": ["none", "reverse_encoder"]},
+    )
+    done = sweep(tmp_path, space, "--tracking-uri", mlflow_server)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parents, children = runs(mlflow_server)
+    parent, experiment = parents[0], parents[0].info.experiment_id
+    expected = {}
+    for level in ("0.5", "1.0"):
+        values = [
+            c.data.metrics["verdict/reversed"]
+            for c in children
+            if c.data.params["model.ffn_scale"] == level and "verdict/reversed" in c.data.metrics
+        ]
+        expected[level] = f"{sum(values) / len(values):.2f}"
+    ARTIFACTS = ROOT / "test-artifacts"
+    ARTIFACTS.mkdir(exist_ok=True)
+    chart_view = f"{mlflow_server}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    chart_view += "&compareRunsMode=CHART"
+
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(chart_view)
+    page.get_by_role("button", name="Group by").click(timeout=60_000)
+    _close_assistant(page)
+    page.get_by_role("button", name="Group by").click()
+    page.keyboard.type("model.ffn_scale")
+    page.get_by_role("menu").get_by_text("model.ffn_scale", exact=True).click()
+    page.keyboard.press("Escape")
+    page.get_by_placeholder("Search metric charts").fill("verdict/reversed")
+    page.wait_for_function(f"() => ({CHART_CARD})('verdict/reversed')?.includes('{expected['0.5']}')")
+    card = page.evaluate(CHART_CARD, "verdict/reversed")
+    page.screenshot(path=str(ARTIFACTS / "mlflow_ui_reversal_rate_by_ffn_scale.png"))
+    for level, mean in expected.items():
+        assert mean in card and level in card, (level, mean, card)
+
+    # The cross-attention image of every evaluation, stepped through in an image grid (a fresh page: the UI
+    # keeps the grouping in the page's storage).
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(chart_view)
+    page.get_by_role("button", name="Group by").click(timeout=60_000)  # the page is ready
+    page.keyboard.press("Escape")
+    _close_assistant(page)
+    page.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").first.click()  # show the trials
+    page.get_by_role("button", name="Add chart").first.click()
+    page.get_by_role("menuitem", name="Image grid").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Images", exact=True).last.click()
+    page.get_by_role("option", name="attention").click()
+    page.keyboard.press("Escape")
+    dialog.get_by_role("switch").click()  # hide the run parameters: just the images
+    slider = dialog.get_by_role("slider")
+    shown = []
+    for _ in range(2):
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        step = slider.get_attribute("aria-valuenow")
+        loaded = f"""() => {{
+            const images = [...document.querySelectorAll('[role=dialog] img')];
+            return images.length === 4 && images.every(
+                img => img.complete && img.naturalWidth > 0 && img.src.includes('step%2B{step}%2B'));
+        }}"""
+        page.wait_for_function(loaded, timeout=60_000)
+        shown.append(step)
+    page.screenshot(path=str(ARTIFACTS / "mlflow_ui_attention_steps.png"))
+    assert shown == ["50", "100"]  # detector.every: one image per evaluation, each run's own
+
+    page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs/{parent.info.run_id}/artifacts")
+    page.get_by_text("plots", exact=True).first.click(timeout=60_000)
+    page.get_by_text("rate_by_factor.png").first.click(timeout=30_000)
+    # The preview is an <img> (its src may be a blob: URL); wait until one has really loaded.
+    page.wait_for_function("() => [...document.images].some(img => img.complete && img.naturalWidth > 300)")
+    page.screenshot(path=str(ARTIFACTS / "mlflow_ui_parent_run.png"))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.report import reversed_encoder_readings
+from sweep.outputs import write_incidence_files
 from sweep.stats import (
     REGRESSION_COLUMNS,
     cell_table,
@@ -123,8 +123,11 @@ def test_cell_table_counts_and_control_separation():
     assert marginals.loc[(POS, "rel_shaw"), "n"] == 4  # the control's 4 runs share the level but stay out
     assert marginals.loc[(POS, "abs"), ["decided", "reversed"]].tolist() == [3, 2]
 
-    report = incidence_report(df, factors)
-    assert report.baseline_cell == "abs"
+    report = incidence_report(df, factors, "rel")  # a declared baseline that is not the first cell
+    assert report.baseline_cell == "rel"
+    assert report.fisher["cell"].tolist() == ["abs"] and set(report.fisher["baseline"]) == {"rel"}
+    assert "Baseline levels: model.pos_enc=rel_shaw, model.ctc_layers=[]." in report.regression_summary
+    assert incidence_report(df, factors).fisher.empty  # no baseline, no comparisons
     assert report.counts == {"n": 9, "reversed": 2, "normal": 4, "undecided": 1, "failed": 2, "decided": 6}
     assert report.overall["rate"] == pytest.approx(2 / 6)
     assert "Decided runs: 6 (2 reversed, 4 normal)" in report.regression_summary
@@ -227,7 +230,7 @@ def _factorial_frame() -> pd.DataFrame:
 
 def test_write_creates_every_file(tmp_path):
     report = incidence_report(_factorial_frame(), [POS, WARMUP])
-    paths = report.write(tmp_path / "out")
+    paths = write_incidence_files(report, tmp_path / "out")
     names = {p.relative_to(tmp_path / "out").as_posix() for p in paths}
     assert names == {
         "incidence.csv",
@@ -256,7 +259,7 @@ def test_write_survives_a_sweep_without_decided_runs(tmp_path):
     report = incidence_report(df, [POS])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        paths = report.write(tmp_path)
+        paths = write_incidence_files(report, tmp_path)
     assert sum(p.suffix == ".png" for p in paths) == 4 and not report.notes
     assert math.isnan(report.metrics()["overall/rate"])
 
@@ -283,14 +286,3 @@ def test_metric_names_are_mlflow_safe():
         return
     for key in metrics:
         _validate_metric_name(key)
-
-
-def test_reversed_encoder_readings_need_all_three_directions():
-    steps = [50, 100, 150, 200, 250]
-    attention = pd.Series([-0.9, -0.9, -0.9, +0.9, -0.6], index=steps)
-    g0 = pd.Series([+0.8, +0.1, +0.8, +0.8, +0.7], index=steps)  # step 100: encoder input not forwards (trap)
-    last = pd.Series([-0.7, -0.7, -0.2, -0.7, -0.5], index=steps)  # step 150: last block not backwards
-    assert reversed_encoder_readings(attention, g0, last) == 2  # steps 50 and 250 only
-    assert reversed_encoder_readings(attention, g0.iloc[:0], last) == 0  # no gradient curve, no reading
-    # A stricter detector threshold (the run's detector.min_direction) leaves only step 50.
-    assert reversed_encoder_readings(attention, g0, last, min_direction=0.6) == 1
