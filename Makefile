@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quick test lint browser ui bench clean
+.PHONY: setup quick test lint browser espeak ui bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,18 +21,25 @@ browser:  ## Debian's chromium, for the MLflow-UI browser test
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium unavailable: the MLflow-UI browser test will be skipped"
 
+espeak:  ## Debian's espeak-ng, which speaks the rendered test corpus (trainers/speak.py)
+	@command -v espeak-ng >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) \
+		|| echo "espeak-ng unavailable: the speech tests will be skipped"
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup browser lint  ## lint, then the whole suite
+test: setup browser espeak lint  ## lint, then the whole suite
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
-bench: setup  ## benchmarks: one trial, then sweep efficiency
+bench: setup espeak  ## benchmarks: one trial, speech data, then sweep efficiency
 	$(BIN)/python -m benchmarks.trial
+	$(BIN)/python -m benchmarks.long_utterances
+	$(BIN)/python -m benchmarks.speech
 	$(BIN)/python -m benchmarks.sweep
 
 clean:

@@ -35,7 +35,7 @@ def matmul_peak(size: int = 512, seconds: float = 2.0) -> float:
 def flops_per_step(trial: Trial) -> float:
     """FLOPs of one forward+backward training step (the optimizer update is negligible)."""
     cfg = trial.cfg.train
-    batch = trial.corpus.train_batch(trial.cfg.seed, 0, cfg.batch_size)
+    batch = trial.stream.batch(0)
     with FlopCounterMode(display=False) as counter:
         out = trial.model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step=0)
         loss, _ = trial.model.loss(out, cfg.label_smoothing, cfg.ctc_scale)
@@ -58,16 +58,16 @@ def main() -> None:
         result = trial.run()
         wall = time.perf_counter() - started
         evaluations = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    steps_per_second = result["steps_per_second"]
+    steps_per_second = result["outcome"]["cost"]["steps_per_second"]
     first_decided = next((e["step"] for e in evaluations if e["label"] != "undecided"), None)
-    seconds_per_step = wall / max(result["steps_done"], 1)
+    seconds_per_step = wall / max(result["outcome"]["steps_done"], 1)
     print(f"config: {config.model.layers} x {config.model.d_model}, {config.train.steps} steps, 1 thread")
     print(f"training steps/s               {steps_per_second:.2f}")
     print(f"model GFLOP per training step  {flops / 1e9:.3f}")
     print(f"matmul peak (1 thread)         {peak / 1e9:.1f} GFLOP/s")
     print(f"achieved fraction of peak      {flops * steps_per_second / peak:.1%}")
-    print(f"detector share of trial time   {result['detector_share']:.1%}")
-    print(f"trial wall time                {wall:.0f} s, final label {result['verdict']['label']}")
+    print(f"detector share of trial time   {result['outcome']['cost']['detector_share']:.1%}")
+    print(f"trial wall time                {wall:.0f} s, final label {result['outcome']['label']}")
     if first_decided is None:
         print("first decided label            never")
     else:

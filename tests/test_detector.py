@@ -13,31 +13,31 @@ from scipy.stats import spearmanr
 
 from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import DetectorConfig, build_config
-from trainers.detector import (
-    Evaluation,
+from trainers.data import Batch
+from trainers.detector import evaluate
+from trainers.gradients import gradient_alignment, gradient_maps
+from trainers.plots import plot_attention, plot_gradients
+from trainers.readings import (
     attention_argmax,
-    attention_direction,
+    attention_readings,
     block_directions,
-    classify,
+    cross_initial_mass,
     dominance_ratios,
-    evaluate,
     flip_block,
-    gradient_alignment,
-    gradient_maps,
     masked_spearman,
     miss_rate,
     self_attention_directions,
-    should_stop,
+    self_initial_links,
     spearman_direction,
-    time_to_flip,
-    transient,
-    verdict,
+    word_spans,
 )
-from trainers.plots import plot_attention, plot_gradients
+from trainers.verdict import Evaluation, classify, should_stop, time_to_flip, transient, verdict
 
 MODEL_WRITTEN = (Path(__file__).parents[1] / "trainers" / "model.py").exists()
 needs_model = pytest.mark.skipif(not MODEL_WRITTEN, reason="trainers/model.py is not written yet")
-CFG = DetectorConfig()  # min_accuracy 0.5, min_peak 0.2, min_direction 0.5, confirm 2, patience 3
+CFG = (
+    DetectorConfig()
+)  # min_accuracy 0.5, min_peak 0.2, min_focus 8, min_direction 0.5, confirm 2, patience 3
 
 
 # -- Spearman and attention direction --------------------------------------------------------------------
@@ -65,17 +65,32 @@ def one_hot_rows(frames: list[int], num_frames: int) -> np.ndarray:
     return rows
 
 
-def test_attention_direction_diagonal_antidiagonal_uniform():
+def test_attention_readings_diagonal_antidiagonal_uniform():
     t = 8
     attention = np.zeros((3, 4, t))
     # Three labels then EOS; the EOS row sits where it would break the direction if it were counted.
     attention[0] = one_hot_rows([1, 3, 5, 0], t)
     attention[1] = one_hot_rows([6, 4, 2, 7], t)
     attention[2, :3, :6] = 1 / 6  # two labels + EOS, uniform over 6 valid frames
-    target_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
-    directions, peak = attention_direction(torch.from_numpy(attention), target_mask, torch.tensor([8, 8, 6]))
-    np.testing.assert_allclose(directions, [1.0, -1.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose(peak, [1.0, 1.0, 1 / 6])
+    readings = attention_readings(attention, np.array([3, 3, 2]), np.array([8, 8, 6]))
+    np.testing.assert_allclose(readings["direction"], [1.0, -1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(readings["peak"], [1.0, 1.0, 1 / 6])
+    np.testing.assert_allclose(readings["focus"], [8.0, 8.0, 1.0])  # peak x T': uniform attention reads 1
+
+
+def test_initial_frame_mass_and_self_attention_links():
+    t = 10
+    attention = np.zeros((2, 3, t))
+    attention[0, :, 0] = 1.0  # every label on frame 0: mass 1 on the first 3 frames, lift 10 / 3
+    attention[1, :, :] = 1 / t  # uniform: mass 3/10, lift 1
+    mass, lift = cross_initial_mass(attention, np.array([3, 3]), np.array([t, t]), k=3)
+    np.testing.assert_allclose(mass, [1.0, 0.3])
+    np.testing.assert_allclose(lift, [10 / 3, 1.0])
+    local = np.broadcast_to(np.eye(t), (1, 2, t, t))  # each frame reads itself
+    mirror = np.broadcast_to(np.eye(t)[::-1], (1, 2, t, t))  # frame i reads frame T'-1-i
+    reach, pull = self_initial_links(np.concatenate([local, mirror]), np.array([t, t]), k=3)
+    np.testing.assert_allclose(reach, [0.0, 1.0])  # the initial frames read the far half only when mirrored
+    np.testing.assert_allclose(pull, [0.0, (3 / 7) / (3 / 10)])  # mirrored: 3 of the 7 other frames read them
 
 
 def test_attention_argmax_maps_reversed_frames_back():
@@ -133,11 +148,14 @@ def test_backwards_encoder_input_is_not_a_flip():
     assert flip_block(directions, 0.5) is None
 
 
-def test_flip_block_needs_every_later_block_backwards():
-    assert flip_block([1.0, -0.9, 0.2, -0.9, -0.8], 0.5) == 3
+def test_flip_block_is_the_largest_drop():
+    assert flip_block([1.0, -0.9, 0.2, -0.9, -0.8], 0.5) == 1  # the sign change with the largest drop
     assert flip_block([0.9, 0.9, -0.4], 0.5) is None  # last block not clearly backwards
     assert flip_block([0.4, -0.9, -0.9], 0.5) is None  # input not clearly forwards
     assert flip_block([0.9, -0.9], 0.5) == 1
+    # A gradual profile: the threshold (first block from which all read <= -0.5) would name block 4; the
+    # direction changes sign in block 3, where it drops most.
+    assert flip_block([0.9, 0.6, 0.2, -0.35, -0.6, -0.8], 0.5) == 3
 
 
 # -- mechanism ---------------------------------------------------------------------------------------------
@@ -180,6 +198,12 @@ def test_miss_rate_uses_widened_encoder_spans():
     assert math.isnan(miss_rate([], [], 4))
 
 
+def test_word_spans_merge_label_pieces():
+    pieces = [(0, 4), (4, 10), (12, 15), (15, 20)]
+    assert word_spans(pieces, np.array([0, 0, 1, 1])) == [(0, 10), (12, 20)]
+    assert word_spans(pieces, None) == pieces
+
+
 # -- labels, verdict, early stopping ---------------------------------------------------------------------
 def reading(
     attention: float, peak: float, accuracy: float, blocks: list[float], step: int = 100, **kw
@@ -209,6 +233,31 @@ def test_classify_reversed_normal_and_disagreement():
     assert classify(reading(-0.9, 0.6, 0.9, [-0.9, -0.9, -0.9]), CFG) == "undecided"  # input backwards
     assert classify(reading(0.3, 0.6, 0.9, [0.9, 0.9, 0.9]), CFG) == "undecided"  # not monotonic
     assert classify(reading(0.95, 0.6, 0.4, [0.9, 0.9, 0.9]), CFG) == "undecided"  # inaccurate
+
+
+def test_focus_decides_long_utterances_and_keeps_short_ones_as_they_were():
+    # Long utterances: a sharp but multi-frame attention (peak 0.12 over T' = 150: 18x uniform) is decided.
+    assert classify(reading(0.95, 0.12, 0.9, [0.9, 0.9, 0.9], attention_focus=18.0), CFG) == "normal"
+    assert classify(reading(-0.9, 0.12, 0.9, [0.9, 0.8, -0.9], attention_focus=18.0), CFG) == "reversed"
+    # Flat attention on long utterances stays undecided (peak 0.02 over T' = 150: 3x uniform).
+    assert classify(reading(0.95, 0.02, 0.9, [0.9, 0.9, 0.9], attention_focus=3.0), CFG) == "undecided"
+    # On short utterances (T' <= min_focus / min_peak = 40) a peak below min_peak cannot reach min_focus,
+    # so the old absolute rule decides alone: below 0.2 stays undecided, as before.
+    for frames in (9, 20, 34, 40):
+        for peak in (0.05, 0.15, 0.199):
+            e = reading(0.95, peak, 0.9, [0.9, 0.9, 0.9], attention_focus=peak * frames)
+            assert classify(e, CFG) == "undecided"
+
+
+def test_utterances_reading_backwards_block_normal_and_carry_reversed():
+    # Mean forwards, but a third of the utterances read backwards: a flip confined to some utterances.
+    partial = reading(0.6, 0.6, 0.9, [0.9, 0.9, 0.9], attention_backward_fraction=1 / 3)
+    assert classify(partial, CFG) == "undecided"
+    assert classify(reading(0.6, 0.6, 0.9, [0.9, 0.9, 0.9], attention_backward_fraction=0.2), CFG) == "normal"
+    few = reading(-0.6, 0.6, 0.9, [0.9, 0.8, -0.9], attention_backward_fraction=0.5)
+    assert classify(few, CFG) == "undecided"  # mean backwards, but only half the utterances
+    most = reading(-0.6, 0.6, 0.9, [0.9, 0.8, -0.9], attention_backward_fraction=0.8)
+    assert classify(most, CFG) == "reversed"
 
 
 def history(*labels: str, every: int = 100) -> list[Evaluation]:
@@ -318,8 +367,6 @@ def tiny_model(**overrides):
 
 
 def tiny_batch():
-    from trainers.data import Batch
-
     g = torch.Generator().manual_seed(1)
     lengths, label_lengths = torch.tensor([29, 17, 12]), torch.tensor([4, 2, 3])
     features = torch.randn(3, 29, FEATURES, generator=g)
@@ -327,7 +374,7 @@ def tiny_batch():
     labels = torch.randint(1, VOCAB, (3, 4), generator=g)
     labels = labels * (torch.arange(4)[None, :] < label_lengths[:, None])
     spans = [[(4 * i, 4 * i + 4) for i in range(n)] for n in label_lengths.tolist()]
-    return Batch(features, lengths, labels, label_lengths, spans)
+    return Batch(features, lengths, labels, label_lengths, spans, [None] * 3)
 
 
 def per_label_reference(model, batch) -> torch.Tensor:
@@ -350,7 +397,7 @@ def test_gradient_maps_match_a_per_label_reference():
     # Unmasked padding: padded frames then do reach the labels, and must still read zero in the maps.
     model, batch = tiny_model(pad_mode="unmasked", conv_norm="batch"), tiny_batch()
     model.train()
-    maps = gradient_maps(model, batch, step=10, utterances=3)
+    maps = gradient_maps(model, batch, step=10, chunk=5)  # 9 labels in chunks of 5: two passes
     assert model.training  # mode restored
     assert maps.shape == (3, 3, 4, 8)  # (L+1, U, S, T'): T' = ceil(29 / 4)
     assert maps[:, 1, 2:].abs().max() == 0 and maps[:, 2, 3:].abs().max() == 0  # padded labels
@@ -362,9 +409,51 @@ def test_gradient_maps_match_a_per_label_reference():
 @needs_model
 def test_gradient_maps_of_a_subset_match_the_full_batch():
     model, batch = tiny_model(decoder="transformer", decoder_layers=1), tiny_batch()
-    full = gradient_maps(model, batch, step=None, utterances=3)
-    first = gradient_maps(model, batch, step=None, utterances=1)  # trimmed to its own 4 labels, 8 frames
+    full = gradient_maps(model, batch, step=None)
+    first = gradient_maps(model, batch.take(1), step=None, chunk=1)  # same padding, one label per pass
     torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=1e-5)
+
+
+@needs_model
+def test_evaluate_pools_length_sorted_batches_like_one_batch():
+    # Zero padding makes every reading independent of the batch it sits in, so reading the held-out set in
+    # two batches must give what one batch gives (sums and means pooled over utterances and frames).
+    model, batch = tiny_model(), tiny_batch()
+    cfg = DetectorConfig(gradient_utterances=3)
+    one = evaluate(model, batch, step=3, cfg=cfg, subsampling=4)
+    parts = [batch.take(2), _rest(batch, 2)]
+    two = evaluate(model, parts, step=3, cfg=cfg, subsampling=4)
+    for name in ("loss", "accuracy", "attention_direction", "attention_peak", "attention_focus"):
+        assert getattr(two, name) == pytest.approx(getattr(one, name), rel=1e-5), name
+    np.testing.assert_allclose(two.block_directions, one.block_directions, atol=1e-6)
+    np.testing.assert_allclose(two.mhsa_residual_ratio, one.mhsa_residual_ratio, rtol=1e-5)
+    np.testing.assert_allclose(two.self_initial_reach, one.self_initial_reach, rtol=1e-5)
+    assert two.tse_boundary_ms == pytest.approx(one.tse_boundary_ms)
+
+
+def _rest(batch: Batch, n: int) -> Batch:
+    from dataclasses import replace
+
+    keep = slice(n, None)
+    return replace(
+        batch,
+        features=batch.features[keep, : int(batch.feature_lengths[keep].max())],
+        feature_lengths=batch.feature_lengths[keep],
+        labels=batch.labels[keep],
+        label_lengths=batch.label_lengths[keep],
+        spans=batch.spans[keep],
+        word_index=batch.word_index[keep],
+    )
+
+
+@needs_model
+def test_evaluate_without_ground_truth_reports_tse_as_missing():
+    from dataclasses import replace
+
+    model, batch = tiny_model(), tiny_batch()
+    e = evaluate(model, replace(batch, spans=[None] * 3), step=3, cfg=DetectorConfig(), subsampling=4)
+    assert math.isnan(e.tse_boundary_ms) and math.isnan(e.attention_miss_rate)
+    assert math.isfinite(e.attention_direction) and len(e.block_directions) == 3
 
 
 @needs_model

@@ -14,7 +14,8 @@ from tests.conftest import ALIGNING, TINY
 from trainers.config import ConfigError, build_config, flatten, parse_assignment
 from trainers.data import SyntheticCorpus
 from trainers.reported import SCALARS, is_reported
-from trainers.train import Trial, learning_rate, run_trial, spec_augment
+from trainers.specaugment import spec_augment
+from trainers.train import Trial, learning_rate, run_trial
 
 
 # -- config ------------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_spec_augment_masks_within_length():
     ).train
     features = torch.ones(4, 50, 10)
     lengths = torch.tensor([50, 30, 20, 10])
-    masked = spec_augment(features, lengths, cfg, torch.Generator().manual_seed(0))
+    masked = spec_augment(features, lengths, 1000, cfg, torch.Generator().manual_seed(0))
     assert masked.shape == features.shape and (masked == 0).any() and (masked == 1).any()
     assert masked[1, 30 + cfg.specaug_time_width :].eq(1).all()  # no time mask starts past the length
 
@@ -216,14 +217,14 @@ def aligned_control(tmp_path_factory):
 
 
 def test_trained_model_is_normal(aligned_normal):
-    verdict = aligned_normal["verdict"]
+    verdict = aligned_normal["outcome"]
     assert verdict["label"] == "normal", aligned_normal["final"]
     assert aligned_normal["final"]["attention_direction"] > 0.5
 
 
 def test_reversed_control_is_detected_with_its_block(aligned_control):
-    verdict = aligned_control["verdict"]
-    assert aligned_control["control"] is True
+    verdict = aligned_control["outcome"]
+    assert verdict["control"] is True
     assert verdict["label"] == "reversed", aligned_control["final"]
     assert verdict["flip_block"] == 2
     directions = aligned_control["final"]["block_directions"]
@@ -232,7 +233,7 @@ def test_reversed_control_is_detected_with_its_block(aligned_control):
 
 def test_untrained_model_is_undecided(tmp_path):
     result = run_trial({**TINY, "train.steps": 1, "detector.every": 1}, tmp_path, log=lambda _: None)
-    assert result["verdict"]["label"] == "undecided"
+    assert result["outcome"]["label"] == "undecided"
 
 
 def test_every_report_carries_the_figures_a_search_may_optimise(tmp_path):
@@ -244,3 +245,37 @@ def test_every_report_carries_the_figures_a_search_may_optimise(tmp_path):
         assert set(SCALARS) <= names  # space files may name these as objectives
         assert [n for n in names if not is_reported(n)] == []
     assert not is_reported("reversal_scor") and is_reported("mhsa_ffn_ratio_2")
+
+
+# A 12-block model needs more width and steps than the tiny model to align (measured: d 32 never did in 800).
+DEEP = {
+    "model.d_model": 64,
+    "model.heads": 4,
+    "model.ffn_dim": 128,
+    "train.lr_peak": 1e-3,
+    "train.lr_warmup": 0.2,
+}
+
+
+@pytest.mark.parametrize(
+    ("layers", "block", "overrides"),
+    [
+        (4, 1, {"train.steps": 300}),
+        (4, 3, {"train.steps": 300}),
+        (6, 2, {"train.steps": 400}),
+        (6, 5, {"train.steps": 400}),
+        (12, 10, {**DEEP, "train.steps": 1200, "detector.every": 200}),
+    ],
+)
+def test_flip_block_of_trained_controls_is_their_reversing_block(tmp_path, layers, block, overrides):
+    # The flip block is the block where the gradient-map direction drops most, which is where the control
+    # reverses time, wherever that block sits in the stack.
+    config = {
+        **ALIGNING,
+        "model.layers": layers,
+        "model.control": "reverse_encoder",
+        "model.control_block": block,
+    }
+    result = run_trial({**config, **overrides}, tmp_path, log=lambda _: None)
+    assert result["outcome"]["label"] == "reversed", result["final"]
+    assert result["outcome"]["flip_block"] == block, result["final"]["block_directions"]

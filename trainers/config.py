@@ -6,10 +6,11 @@ comment. Unknown keys and bad values raise `ConfigError` naming the key.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PosEnc = Literal["rel_shaw", "rel_xl", "abs", "abs+rel_shaw", "rope", "none"]
 POS_ENCODINGS: tuple[str, ...] = PosEnc.__args__
@@ -29,6 +30,10 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    source: Literal["synthetic", "audio"] = Field(
+        "synthetic",
+        description="synthetic: the rendered prototype corpus below; audio: real speech (the speech section)",
+    )
     seed: int = Field(0, description="seed of the corpus itself (prototypes, bigram model, held-out set)")
     num_labels: int = Field(24, ge=2, description="vocabulary size, EOS excluded")
     feature_dim: int = Field(40, ge=4, description="log-mel-like feature dimensions per frame")
@@ -60,6 +65,20 @@ class DataConfig(_Section):
     bigram_concentration: float = Field(
         0.3, gt=0, description="Dirichlet concentration of the bigram model (small: predictable sequences)"
     )
+    features: Literal["linear", "log_mel"] = Field(
+        "linear",
+        description="linear: prototypes under white noise, silence = padding = 0; log_mel: band energies "
+        "under Gamma noise, log10 with a floor (silence low but noisy, padding at the floor: the paper's)",
+    )
+    speech_level: float = Field(-2.0, description="log_mel: mean log10 energy of speech frames")
+    silence_level: float = Field(-7.0, description="log_mel: log10 energy of silence")
+    log_floor: float = Field(-10.0, description="log_mel: log10 floor, also the padding value (paper: -10)")
+    bucket_batches: int = Field(
+        0,
+        ge=0,
+        description="0: every batch drawn independently; N: N batches at a time cut from a pool of N x "
+        "batch_size utterances sorted by length (RETURNN's bucketed ordering: little padding)",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> DataConfig:
@@ -70,6 +89,10 @@ class DataConfig(_Section):
         ]:
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high} ({getattr(self, high)})")
+        if self.features == "log_mel" and not self.log_floor < self.silence_level:
+            raise ValueError(
+                f"log_floor ({self.log_floor}) must lie below silence_level {self.silence_level}"
+            )
         longest = self.max_silence_frames + self.max_labels * self.max_label_frames + self.min_silence_frames
         if 0 < self.fixed_frames < longest:
             raise ValueError(
@@ -130,6 +153,15 @@ class ModelConfig(_Section):
     center_attention_blend_steps: int = Field(
         0, ge=0, description="steps over which forced centre attention blends into the learned one"
     )
+    init: Literal["torch", "returnn"] = Field(
+        "torch",
+        description="torch: PyTorch's default initialisation; returnn: Glorot uniform weights (embeddings, "
+        "learned positions too) and zero biases, as the paper's RETURNN models",
+    )
+    attention_bias: bool = Field(True, description="biases in self-attention q/k/v/out (paper: none)")
+    abs_pos_xscale: bool = Field(
+        False, description="abs positions are added to x * sqrt(d_model), not x (Transformer convention, v6)"
+    )
     control: Literal["none", "reverse_encoder"] = Field(
         "none", description="reverse_encoder: time reversed by construction (detector control, never natural)"
     )
@@ -183,18 +215,59 @@ class TrainConfig(_Section):
     specaug_feature_masks: int = Field(1, ge=0, description="SpecAugment feature masks per utterance")
     specaug_feature_width: int = Field(4, ge=1, description="widest feature mask, dims")
     specaug_start: int = Field(100, ge=0, description="SpecAugment is off before this step")
+    specaug: Literal["fixed", "paper"] = Field(
+        "fixed",
+        description="fixed: the counts above from specaug_start on; paper: RETURNN's ramp over specaug_steps "
+        "(counts grow with length and step, widths 1..specaug_*_width; see trainers/specaugment.py)",
+    )
+    specaug_steps: tuple[int, int, int] = Field(
+        (5000, 15000, 25000), description="paper ramp: the three stage steps (paper: 5k, 15k, 25k updates)"
+    )
+    specaug_mask_value: float = Field(
+        0.0, description="value of masked features (RETURNN: 0; on log_mel features 0 is loud, not silence)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
     bf16: bool = Field(False, description="bf16 autocast on CUDA")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave as set by the environment)")
     checkpoint_every: int = Field(1, ge=1, description="save resumable state every this many evaluations")
+
+    @model_validator(mode="after")
+    def _ramp(self) -> TrainConfig:
+        if list(self.specaug_steps) != sorted(self.specaug_steps) or self.specaug_steps[0] < 0:
+            raise ValueError(f"specaug_steps must be >= 0 and non-decreasing, got {self.specaug_steps}")
+        return self
 
 
 class DetectorConfig(_Section):
     every: int = Field(50, ge=1, description="evaluate the detector every this many steps (and at the end)")
     utterances: int = Field(16, ge=1, description="held-out utterances for attention and accuracy")
     gradient_utterances: int = Field(4, ge=1, description="of those, how many get per-block gradient maps")
+    batches: int = Field(
+        1,
+        ge=1,
+        description="held-out utterances are read in this many length-sorted batches (1: one batch in corpus "
+        "order); use >1 with data.bucket_batches so held-out padding looks like training padding",
+    )
     min_accuracy: float = Field(0.5, ge=0, le=1, description="below this teacher-forced accuracy: undecided")
-    min_peak: float = Field(0.2, ge=0, le=1, description="below this mean max attention weight: undecided")
+    min_peak: float = Field(0.2, ge=0, le=1, description="mean max attention weight that counts as focused")
+    min_focus: float = Field(
+        8.0,
+        ge=1,
+        description="... or mean max weight at least this many times uniform (peak x T'); neither: undecided "
+        "(up to T' = min_focus / min_peak only min_peak can hold)",
+    )
+    min_agreement: float = Field(
+        0.75,
+        ge=0.5,
+        le=1,
+        description="reversed needs this fraction of utterances reading backwards; normal at most 1 - this",
+    )
+    initial_frames: int = Field(
+        3, ge=1, description="encoder frames that count as an utterance's initial frames (mechanism figures)"
+    )
+    gradient_chunk: int = Field(
+        64, ge=1, description="(utterance, label) copies per backward pass of the gradient maps (memory)"
+    )
     min_direction: float = Field(0.5, gt=0, le=1, description="|direction| needed for normal or reversed")
     confirm: int = Field(2, ge=1, description="consecutive evaluations a final label must hold")
     early_stop: bool = Field(False, description="stop once the label held for `patience` evaluations")
@@ -206,12 +279,77 @@ class DetectorConfig(_Section):
     )
 
 
+class SpeechConfig(_Section):
+    """Real audio (data.source: audio): where the corpus is and how it becomes features and labels.
+
+    Read by trainers/speech.py; the corpus scan (missing paths and files, empty transcripts, unreadable
+    audio, other sample rates) runs before a trial or sweep writes anything."""
+
+    root: str = Field(
+        "", description="LibriSpeech-layout corpus: ROOT/<subset>/<speaker>/<chapter>/*.flac + *.trans.txt"
+    )
+    subsets: list[str] = Field(
+        default_factory=lambda: ["train-clean-100"], description="training subsets (folders under root)"
+    )
+    heldout_subset: str = Field(
+        "",
+        description="subset of the detector's held-out utterances; '': a fixed draw of training utterances "
+        "(the paper analyses training utterances)",
+    )
+    manifest: str = Field(
+        "",
+        description="instead of root: a lhotse CutSet manifest (.jsonl or .jsonl.gz) of training utterances",
+    )
+    heldout_manifest: str = Field("", description="with manifest: a lhotse CutSet of held-out utterances")
+    alignments: str = Field(
+        "",
+        description="word alignments: '' = what the corpus carries (*.alignment.txt beside the transcripts, "
+        "lhotse alignment items); or a CTM file, or a folder of TextGrid or *.alignment.txt files",
+    )
+    max_duration: float = Field(19.5, gt=0, description="drop longer utterances, seconds (paper: 19.5)")
+    vocabulary: Literal["bpe", "char"] = Field(
+        "bpe", description="bpe: sentencepiece BPE on the training transcripts; char: characters"
+    )
+    vocab_size: int = Field(
+        1000, ge=2, description="bpe: most pieces (paper: 1k); a small corpus stops where it runs out"
+    )
+    cache_dir: str = Field(
+        "", description="feature cache folder ('': $XDG_CACHE_HOME/flipsweep, else ~/.cache/flipsweep)"
+    )
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="stored feature precision (float16 halves the cache of a large corpus)"
+    )
+
+    @field_validator("root", "manifest", "heldout_manifest", "alignments")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # Absolute from here on: a sweep's trials run in other working folders than the driver's. Whether
+        # the path exists is checked by the corpus scan before a trial or sweep writes anything (exit 2),
+        # not here, so that a space file can be validated (and dry-run) away from its corpus.
+        return str(Path(value).expanduser().resolve()) if value else value
+
+    @model_validator(mode="after")
+    def _one_corpus(self) -> SpeechConfig:
+        if self.root and self.manifest:
+            raise ValueError("set speech.root or speech.manifest, not both")
+        if self.root and not self.subsets:
+            raise ValueError("speech.subsets is empty")
+        return self
+
+
 class TrialConfig(_Section):
     seed: int = Field(0, description="trial seed: initialisation, data order, dropout")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+
+    @model_validator(mode="after")
+    def _audio_needs_a_corpus(self) -> TrialConfig:
+        if self.data.source == "audio" and not (self.speech.root or self.speech.manifest):
+            raise ValueError("data.source is audio: set speech.root (LibriSpeech layout) or speech.manifest")
+        return self
 
 
 def _error_key(error: dict) -> str:
@@ -295,7 +433,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def to_commented_yaml(config: TrialConfig) -> str:
     """The config as YAML with each key's description as a trailing comment."""
     lines = [f"seed: {config.seed}  # {TrialConfig.model_fields['seed'].description}"]
-    for section in ("data", "model", "train", "detector"):
+    for section in ("data", "model", "train", "detector", "speech"):
         lines.append(f"{section}:")
         part = getattr(config, section)
         for name, field in type(part).model_fields.items():

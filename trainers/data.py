@@ -1,60 +1,203 @@
-"""A synthetic, speech-like corpus with exact ground truth.
+"""What a trial trains on: utterances, padded batches, the training stream, and the synthetic corpus.
 
-No speech corpus can be downloaded here, so utterances are rendered from label sequences: every label has a
-prototype feature vector (optionally clustered into confusable groups), is held for a random number of 10 ms
-frames, blends smoothly into the next one, and sits between leading and trailing silence, all under white
-noise. A bigram model over labels gives the decoder a language model to learn. The exact frame span of every
-label is kept, so alignments can be scored against the truth. `channel_offset` shifts each utterance by its
-own constant vector, as speakers and channels do. With `fixed_frames` every utterance has the
-same length (the trailing silence fills it up), so frame T - t is as easy to address from absolute
-positions as frame t.
+Any corpus is a `Corpus`: it draws random utterances and names a fixed held-out set. This module turns
+those into batches: `TrainStream` gives the batch of every training step (optionally cut from length-sorted
+pools, as RETURNN's bucketed ordering does) and `heldout_batches` gives the detector's batches.
+
+The synthetic corpus: no speech corpus can be downloaded here, so utterances are rendered from label
+sequences. Every label has a prototype feature vector (optionally clustered into confusable groups), is held
+for a random number of 10 ms frames, blends smoothly into the next one, and sits between leading and trailing
+silence, under noise. A bigram model over labels gives the decoder a language model to learn. The exact frame
+span of every label is kept, so alignments can be scored against the truth. `channel_offset` shifts each
+utterance by its own constant vector, as speakers and channels do. With `fixed_frames` every utterance has the
+same length (the trailing silence fills it up).
+
+Two feature scales (`data.features`):
+* `linear` (the original corpus): prototypes and silence (= 0) under additive white noise; padding is 0, so
+  padded frames, silence and the convolutions' zero padding all look alike.
+* `log_mel`: what a log-mel frontend sees. Each frame is a non-negative energy per band, 10 ** (log-energy
+  track), under multiplicative (periodogram-like, Gamma) noise, then log10 with a floor. Silence sits at
+  `silence_level`, speech around `speech_level`, padding at the floor `log_floor`, far below any silence. A
+  convolution's zero padding therefore reads as *loud*, which marks the start edge of every utterance, while
+  the end of all but the longest utterance in a batch meets the floor: the paper's edges (its log-mel is
+  log10 with a 1e-10 floor, padded on the waveform, not normalised).
 
 Determinism: the corpus itself (prototypes, bigram model, held-out set) depends only on `data.seed`; the
 training stream depends on (data.seed, trial seed, step), so a resumed trial sees exactly the same batches.
+
+Shapes: T input frames (10 ms), F features, N labels, W words.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
 from scipy.ndimage import uniform_filter1d
 
-from trainers.config import DataConfig
+from trainers.config import DataConfig, TrialConfig
 
-EOS = 0  # also BOS, as in the paper; labels are 1..num_labels
+EOS = 0  # also BOS, as in the paper; labels are 1..vocab_size - 1
 _HELDOUT_STREAM = 2**31 - 1  # a stream id no trial seed uses for training
+_BUCKET_STREAM = 2  # stream tag of bucketed pools (tag 1: independent batches)
+LOG_DECADES_PER_UNIT = 1.0 / 3.0  # log_mel: one prototype unit is a third of a decade of energy
+
+Span = tuple[int, int]  # [start, end) in input frames
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Utterances and batches
+
+
+@dataclass
+class Utterance:
+    """One utterance. `spans` is the reference alignment: one [start, end) per *word*, or None when the
+    corpus has none. `word_index` (N,) maps each label to its word; None means every label is a word."""
+
+    features: np.ndarray  # (T, F) float32
+    labels: np.ndarray  # (N,) int64 in 1..vocab_size - 1
+    spans: list[Span] | None
+    word_index: np.ndarray | None = None
 
 
 @dataclass
 class Batch:
-    """A padded batch. Spans are [start, end) in input frames, one per label."""
+    """A padded batch; features are padded with `pad_value` (the corpus's value for 'no signal')."""
 
-    features: torch.Tensor  # (B, T, F) float32, zero-padded
+    features: torch.Tensor  # (B, T, F) float32
     feature_lengths: torch.Tensor  # (B,) int64
-    labels: torch.Tensor  # (B, N) int64 in 1..num_labels, zero-padded
+    labels: torch.Tensor  # (B, N) int64 in 1..vocab_size - 1, zero-padded
     label_lengths: torch.Tensor  # (B,) int64
-    spans: list[list[tuple[int, int]]]
+    spans: list[list[Span] | None]  # per utterance: reference word spans in input frames, or None
+    word_index: list[np.ndarray | None]  # per utterance: (N,) word of each label, or None (label = word)
+    pad_value: float = 0.0
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            self.features.to(device),
-            self.feature_lengths.to(device),
-            self.labels.to(device),
-            self.label_lengths.to(device),
-            self.spans,
+        return replace(
+            self,
+            features=self.features.to(device),
+            feature_lengths=self.feature_lengths.to(device),
+            labels=self.labels.to(device),
+            label_lengths=self.label_lengths.to(device),
         )
 
     def take(self, n: int) -> Batch:
-        """The first n utterances."""
-        return Batch(
-            self.features[:n],
-            self.feature_lengths[:n],
-            self.labels[:n],
-            self.label_lengths[:n],
-            self.spans[:n],
+        """The first n utterances (same padding)."""
+        return replace(
+            self,
+            features=self.features[:n],
+            feature_lengths=self.feature_lengths[:n],
+            labels=self.labels[:n],
+            label_lengths=self.label_lengths[:n],
+            spans=self.spans[:n],
+            word_index=self.word_index[:n],
         )
+
+    def label_spans(self, i: int) -> list[Span] | None:
+        """Utterance i's reference span per label (its word's span), or None without ground truth."""
+        spans, words = self.spans[i], self.word_index[i]
+        if spans is None:
+            return None
+        return list(spans) if words is None else [spans[w] for w in words]
+
+
+def collate(utterances: list[Utterance], pad_value: float = 0.0) -> Batch:
+    """Pad utterances into one batch: features with `pad_value`, labels with 0."""
+    feature_lengths = torch.tensor([len(u.features) for u in utterances])
+    label_lengths = torch.tensor([len(u.labels) for u in utterances])
+    dim = utterances[0].features.shape[1]
+    features = torch.full((len(utterances), int(feature_lengths.max()), dim), float(pad_value))
+    labels = torch.zeros(len(utterances), int(label_lengths.max()), dtype=torch.long)
+    for i, u in enumerate(utterances):
+        features[i, : len(u.features)] = torch.from_numpy(u.features)
+        labels[i, : len(u.labels)] = torch.from_numpy(u.labels)
+    return Batch(
+        features,
+        feature_lengths,
+        labels,
+        label_lengths,
+        spans=[u.spans for u in utterances],
+        word_index=[u.word_index for u in utterances],
+        pad_value=float(pad_value),
+    )
+
+
+class CorpusError(ValueError):
+    """Bad corpus input (a missing file, an empty transcript, unreadable audio, ...): `path` names the file.
+    Raised before anything is written; the command-line entry points exit 2 with this one message."""
+
+    def __init__(self, path: str | object, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.message = message
+
+
+class Corpus(Protocol):
+    """A source of utterances. `sample` must be a pure function of the generator's state."""
+
+    feature_dim: int
+    vocab_size: int  # labels 1..vocab_size - 1 plus EOS = 0
+    pad_value: float
+
+    def sample(self, rng: np.random.Generator, size: int) -> list[Utterance]: ...
+
+    def heldout(self, size: int) -> list[Utterance]: ...
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batching: the training stream and the detector's held-out batches
+
+
+def sorted_chunks(utterances: list[Utterance], chunks: int) -> list[list[Utterance]]:
+    """Sort by length (stable) and cut into `chunks` consecutive groups of (nearly) equal size."""
+    order = sorted(range(len(utterances)), key=lambda i: len(utterances[i].features))
+    return [[utterances[i] for i in part] for part in np.array_split(order, chunks) if len(part)]
+
+
+class TrainStream:
+    """The batch of every training step, a pure function of (stream seed, step).
+
+    bucket_batches = 0: each batch is `batch_size` independent utterances. N > 0: N consecutive steps share
+    one pool of N * batch_size utterances, sorted by length and cut into N batches taken in random order, so
+    every batch holds utterances of similar length (little padding) while the length distribution over
+    training stays the corpus's own.
+    """
+
+    def __init__(
+        self, corpus: Corpus, stream_seed: tuple[int, int], batch_size: int, bucket_batches: int = 0
+    ):
+        self.corpus = corpus
+        self.stream_seed = stream_seed
+        self.batch_size = batch_size
+        self.bucket_batches = bucket_batches
+        self._pool: tuple[int, list[Batch]] | None = None  # (pool index, its batches in training order)
+
+    def batch(self, step: int) -> Batch:
+        if self.bucket_batches <= 0:
+            rng = np.random.default_rng([*self.stream_seed, step, 1])
+            return collate(self.corpus.sample(rng, self.batch_size), self.corpus.pad_value)
+        pool, position = divmod(step, self.bucket_batches)
+        if self._pool is None or self._pool[0] != pool:
+            rng = np.random.default_rng([*self.stream_seed, pool, _BUCKET_STREAM])
+            utterances = self.corpus.sample(rng, self.bucket_batches * self.batch_size)
+            chunks = sorted_chunks(utterances, self.bucket_batches)
+            batches = [collate(chunk, self.corpus.pad_value) for chunk in chunks]
+            self._pool = (pool, [batches[i] for i in rng.permutation(len(batches))])
+        return self._pool[1][position]
+
+
+def heldout_batches(corpus: Corpus, size: int, batches: int = 1) -> list[Batch]:
+    """The detector's held-out set: one batch in corpus order, or `batches` length-sorted batches."""
+    utterances = corpus.heldout(size)
+    if batches <= 1:
+        return [collate(utterances, corpus.pad_value)]
+    return [collate(chunk, corpus.pad_value) for chunk in sorted_chunks(utterances, batches)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The synthetic corpus
 
 
 class SyntheticCorpus:
@@ -77,9 +220,17 @@ class SyntheticCorpus:
         ).astype(np.float32)
         self.bigram = rng.dirichlet(np.full(n, cfg.bigram_concentration), size=n + 1)  # row 0: start
         self.vocab_size = n + 1
+        self.feature_dim = dim
+        self.pad_value = cfg.log_floor if cfg.features == "log_mel" else 0.0
 
-    def utterance(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-        """One utterance: features (T, F), labels (N,), spans [(start, end)] in frames."""
+    def log_energy_track(self) -> np.ndarray:
+        """log_mel: the clean log10 energy of each prototype row (row 0: silence)."""
+        track = self.cfg.speech_level + LOG_DECADES_PER_UNIT * self.prototypes
+        track[0] = self.cfg.silence_level
+        return track.astype(np.float32)
+
+    def utterance(self, rng: np.random.Generator) -> Utterance:
+        """One utterance with its exact label spans."""
         cfg = self.cfg
         length = rng.integers(cfg.min_labels, cfg.max_labels + 1)
         labels = np.empty(length, dtype=np.int64)
@@ -93,36 +244,50 @@ class SyntheticCorpus:
         segment_ids = np.concatenate([[0], labels, [0]])
         segment_lengths = np.concatenate([[lead], durations, [trail]])
         frame_ids = np.repeat(segment_ids, segment_lengths)
-        features = self.prototypes[frame_ids]
+        log_mel = cfg.features == "log_mel"
+        features = (self.log_energy_track() if log_mel else self.prototypes)[frame_ids]
         if cfg.transition_frames > 0:
             # A moving average over the label track gives smooth transitions without moving label centres.
             features = uniform_filter1d(features, size=2 * cfg.transition_frames + 1, axis=0, mode="nearest")
-        features = features + rng.normal(0.0, cfg.noise, size=features.shape)
-        if cfg.channel_offset > 0:
-            features = features + rng.normal(0.0, cfg.channel_offset, size=(1, features.shape[1]))
+        features = self._log_mel_noise(features, rng) if log_mel else self._white_noise(features, rng)
         ends = lead + np.cumsum(durations)
         spans = [(int(e - d), int(e)) for e, d in zip(ends, durations, strict=True)]
-        return features.astype(np.float32), labels, spans
+        return Utterance(features.astype(np.float32), labels, spans)
 
-    def batch(self, rng: np.random.Generator, size: int) -> Batch:
-        return collate([self.utterance(rng) for _ in range(size)])
+    def _white_noise(self, features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        features = features + rng.normal(0.0, self.cfg.noise, size=features.shape)
+        if self.cfg.channel_offset > 0:
+            features = features + rng.normal(0.0, self.cfg.channel_offset, size=(1, features.shape[1]))
+        return features
 
-    def train_batch(self, seed: int, step: int, size: int) -> Batch:
-        """The batch a trial with this seed trains on at this step (same every time it is asked for)."""
-        return self.batch(np.random.default_rng([self.cfg.seed, seed, step, 1]), size)
+    def _log_mel_noise(self, track: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Energy 10 ** track under Gamma noise (coefficient of variation `noise`, like a periodogram
+        averaged over a band), a channel gain per band (`channel_offset` decades), then log10 with a floor."""
+        cfg = self.cfg
+        if cfg.channel_offset > 0:
+            track = track + rng.normal(0.0, cfg.channel_offset, size=(1, track.shape[1]))
+        energy = np.power(10.0, track.astype(np.float64))
+        if cfg.noise > 0:
+            shape = 1.0 / cfg.noise**2
+            energy = energy * rng.gamma(shape, 1.0 / shape, size=energy.shape)
+        return np.log10(np.maximum(energy, 10.0**cfg.log_floor))
 
-    def heldout(self, size: int) -> Batch:
+    def sample(self, rng: np.random.Generator, size: int) -> list[Utterance]:
+        return [self.utterance(rng) for _ in range(size)]
+
+    def heldout(self, size: int) -> list[Utterance]:
         """A fixed held-out set, the same for every trial of this corpus."""
-        return self.batch(np.random.default_rng([self.cfg.seed, _HELDOUT_STREAM]), size)
+        return self.sample(np.random.default_rng([self.cfg.seed, _HELDOUT_STREAM]), size)
+
+    # Convenience for tests and probes: the batch a trial with this seed trains on at this step (no buckets).
+    def train_batch(self, seed: int, step: int, size: int) -> Batch:
+        return TrainStream(self, (self.cfg.seed, seed), size).batch(step)
 
 
-def collate(utterances: list[tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]]) -> Batch:
-    feature_lengths = torch.tensor([len(f) for f, _, _ in utterances])
-    label_lengths = torch.tensor([len(y) for _, y, _ in utterances])
-    dim = utterances[0][0].shape[1]
-    features = torch.zeros(len(utterances), int(feature_lengths.max()), dim)
-    labels = torch.zeros(len(utterances), int(label_lengths.max()), dtype=torch.long)
-    for i, (f, y, _) in enumerate(utterances):
-        features[i, : len(f)] = torch.from_numpy(f)
-        labels[i, : len(y)] = torch.from_numpy(y)
-    return Batch(features, feature_lengths, labels, label_lengths, [s for _, _, s in utterances])
+def make_corpus(config: TrialConfig) -> Corpus:
+    """The corpus a trial config names (`data.source`)."""
+    if config.data.source == "audio":
+        from trainers.speech import SpeechCorpus  # lazy: synthetic trials never import the speech stack
+
+        return SpeechCorpus(config.speech, config.data.seed)
+    return SyntheticCorpus(config.data)

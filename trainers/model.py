@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.config import ModelConfig
+from trainers.decoders import LSTMDecoder, TransformerDecoder
+from trainers.layers import lengths_to_mask, masked_mean_norm, masked_softmax, rotary, sinusoids
 
 EOS = 0  # also BOS, as in the paper
 FRONTEND_TIME_STRIDES: dict[int, tuple[int, int, int]] = {4: (1, 2, 2), 6: (1, 3, 2)}
@@ -60,42 +62,14 @@ def subsampled_lengths(lengths: Tensor, subsampling: int) -> Tensor:
     return lengths
 
 
-def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """(B,) lengths -> (B, max_len) bool, True = valid."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+def pool_feature_pairs(x: Tensor) -> Tensor:
+    """Max-pool (1, 2) over the last (feature) axis of (B, C, T, F), dropping an odd last column.
 
-
-def sinusoids(positions: Tensor, dim: int) -> Tensor:
-    """(N,) positions (any sign) -> (N, dim) sinusoidal encodings, sin and cos halves (Vaswani et al.)."""
-    half = (dim + 1) // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
-    angles = positions.float()[:, None] * freqs[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim]
-
-
-def rotary(x: Tensor) -> Tensor:
-    """RoPE: rotate (B, H, T, d) feature pairs (i, i + d/2) by angles proportional to the frame index."""
-    half = x.shape[-1] // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device) / half)
-    angles = torch.arange(x.shape[-2], device=x.device).float()[:, None] * freqs[None, :]  # (T, d/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-def masked_softmax(scores: Tensor, key_mask: Tensor) -> Tensor:
-    """Softmax over the last axis restricted to valid keys; padded keys get exactly 0.
-
-    A large negative fill rather than -inf keeps a row without any valid key finite.
+    Equal to nn.MaxPool2d((1, 2)) and, placed before the ReLU (max and ReLU commute), bit for bit the same
+    forward and gradient as pooling after it; at the frontend's full time resolution it is ~2x faster.
     """
-    scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
-    return scores.softmax(dim=-1) * key_mask
-
-
-def masked_mean_norm(x: Tensor, mask: Tensor) -> float:
-    """Mean over valid frames (pooled over the batch) of the L2 norm over D of x (B, T, D)."""
-    norms = x.detach().float().norm(dim=-1)
-    return float((norms * mask).sum() / mask.sum().clamp_min(1))
+    pairs = x.shape[-1] // 2
+    return x[..., : 2 * pairs].unflatten(-1, (pairs, 2)).max(-1).values
 
 
 def reverse_valid_frames(x: Tensor, lengths: Tensor) -> Tensor:
@@ -107,25 +81,6 @@ def reverse_valid_frames(x: Tensor, lengths: Tensor) -> Tensor:
     t = torch.arange(x.shape[1], device=x.device)[None, :]
     index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, T')
     return x.gather(1, index[:, :, None].expand_as(x))
-
-
-def center_attention_lambda(step: int | None, cfg: ModelConfig) -> float:
-    """Weight of the learned cross-attention under hard centre-frame attention: 0 forced, 1 learned only."""
-    forced_steps, blend_steps = cfg.center_attention_steps, cfg.center_attention_blend_steps
-    if step is None or step >= forced_steps + blend_steps:
-        return 1.0
-    if step < forced_steps:
-        return 0.0
-    return (step - forced_steps) / blend_steps
-
-
-def apply_center_attention(weights: Tensor, lengths: Tensor, lam: float) -> Tensor:
-    """(1 - lam) * one-hot at frame length // 2 + lam * weights. weights (B, ..., T'), lengths (B,)."""
-    if lam >= 1.0:
-        return weights
-    one_hot = F.one_hot(lengths // 2, weights.shape[-1]).to(weights.dtype)
-    one_hot = one_hot.view(one_hot.shape[0], *([1] * (weights.dim() - 2)), one_hot.shape[-1])
-    return (1.0 - lam) * one_hot + lam * weights if lam > 0.0 else one_hot.expand_as(weights)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -149,7 +104,6 @@ class ConvFrontend(nn.Module):
             nn.Conv2d(1 if i == 0 else channels, channels, 3, stride=(s, 1), padding=1)
             for i, s in enumerate(self.strides)
         )
-        self.pool = nn.MaxPool2d(kernel_size=(1, 2))
         self.proj = nn.Linear(channels * (feature_dim // 2), d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.zero_pad = zero_pad
@@ -160,10 +114,11 @@ class ConvFrontend(nn.Module):
         for i, (conv, stride) in enumerate(zip(self.convs, self.strides, strict=True)):
             if self.zero_pad:
                 x = x * lengths_to_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
-            x = torch.relu(conv(x))
-            lengths = (lengths + stride - 1) // stride
+            x = conv(x)
             if i == 0:
-                x = self.pool(x)
+                x = pool_feature_pairs(x)
+            x = torch.relu(x)
+            lengths = (lengths + stride - 1) // stride
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
         return self.dropout(self.proj(x)), lengths
 
@@ -198,12 +153,19 @@ class MultiHeadSelfAttention(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, heads: int, pos_enc: str, rel_clip: int, att_dropout: float, dropout: float
+        self,
+        d_model: int,
+        heads: int,
+        pos_enc: str,
+        rel_clip: int,
+        att_dropout: float,
+        dropout: float,
+        bias: bool = True,
     ):
         super().__init__()
         self.heads, self.d_head = heads, d_model // heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
         self.att_dropout = nn.Dropout(att_dropout)
         self.dropout = nn.Dropout(dropout)
         self.shaw = pos_enc in ("rel_shaw", "abs+rel_shaw")
@@ -229,7 +191,8 @@ class MultiHeadSelfAttention(nn.Module):
         """x (B, T, D) (already layer-normed), mask (B, T) -> output (B, T, D), weights (B, H, T, T)."""
         b, t, d = x.shape
         if not mixing:
-            value = F.linear(x, self.qkv.weight[2 * d :], self.qkv.bias[2 * d :])
+            bias = None if self.qkv.bias is None else self.qkv.bias[2 * d :]
+            value = F.linear(x, self.qkv.weight[2 * d :], bias)
             eye = torch.eye(t, device=x.device, dtype=x.dtype).expand(b, self.heads, t, t)
             return self.dropout(self.out(value)), eye
         q, k, v = (self._split(part) for part in self.qkv(x).chunk(3, dim=-1))
@@ -317,7 +280,7 @@ class ConformerBlock(nn.Module):
         self.ffn1 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout)
         self.ffn2 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout)
         self.attention = MultiHeadSelfAttention(
-            d, cfg.heads, cfg.pos_enc, cfg.rel_clip, cfg.att_dropout, cfg.dropout
+            d, cfg.heads, cfg.pos_enc, cfg.rel_clip, cfg.att_dropout, cfg.dropout, cfg.attention_bias
         )
         self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.dropout, cfg.pad_mode == "zero")
 
@@ -362,13 +325,26 @@ class ConformerEncoder(nn.Module):
         steps, scales = zip(*schedule, strict=True)
         return float(np.interp(step, steps, scales))
 
+    def embed(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """features (B, T, F) -> the encoder input h_0 (B, T', D) and its lengths (B,): the frontend, then
+        absolute positions if configured (added to x * sqrt(D) with `abs_pos_xscale`, the paper's v6)."""
+        x, lengths = self.frontend(features, feature_lengths)
+        if self.cfg.pos_enc in ("abs", "abs+rel_shaw"):
+            if self.cfg.abs_pos_xscale:
+                x = x * math.sqrt(x.shape[-1])
+            x = x + sinusoids(torch.arange(x.shape[1], device=x.device), x.shape[-1]).to(x.dtype)
+        return x, lengths
+
     def forward(
         self, features: Tensor, feature_lengths: Tensor, step: int | None = None, collect: bool = False
     ) -> EncoderOutput:
         """features (B, T, F), feature_lengths (B,) -> EncoderOutput with hidden (B, T', D) x (L+1)."""
-        x, lengths = self.frontend(features, feature_lengths)
-        if self.cfg.pos_enc in ("abs", "abs+rel_shaw"):
-            x = x + sinusoids(torch.arange(x.shape[1], device=x.device), x.shape[-1]).to(x.dtype)
+        return self.run_blocks(*self.embed(features, feature_lengths), step=step, collect=collect)
+
+    def run_blocks(
+        self, x: Tensor, lengths: Tensor, step: int | None = None, collect: bool = False
+    ) -> EncoderOutput:
+        """The Conformer blocks on the encoder input x = h_0 (B, T', D) with valid lengths (B,)."""
         mask = lengths_to_mask(lengths, x.shape[1])
         mixing = step is None or step >= self.cfg.self_attention_off_steps
         reverse_at = self.cfg.control_block if self.cfg.control == "reverse_encoder" else None
@@ -392,159 +368,6 @@ class ConformerEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Decoders
-
-
-class AdditiveAttention(nn.Module):
-    """energy_t = v . tanh(W_k h_t + W_q s + W_fb accum_t), softmax over valid frames (Bahdanau)."""
-
-    def __init__(self, enc_dim: int, query_dim: int, att_dim: int, weight_feedback: bool):
-        super().__init__()
-        self.key = nn.Linear(enc_dim, att_dim)
-        self.query = nn.Linear(query_dim, att_dim, bias=False)
-        self.feedback = nn.Linear(1, att_dim, bias=False) if weight_feedback else None
-        self.energy = nn.Linear(att_dim, 1, bias=False)
-
-    def forward(self, keys: Tensor, query: Tensor, accum: Tensor, mask: Tensor) -> Tensor:
-        """keys (B, T', A) = W_k h (precomputed), query (B, Q), accum (B, T') -> weights (B, T')."""
-        e = keys + self.query(query)[:, None, :]
-        if self.feedback is not None:
-            e = e + self.feedback(accum[:, :, None])
-        return masked_softmax(self.energy(torch.tanh(e)).squeeze(-1), mask)
-
-
-class LSTMDecoder(nn.Module):
-    """The paper's decoder: LSTM over [embedding of previous label, previous context], additive attention with
-    weight feedback, readout Linear([s, context, embedding]) -> maxout(2) -> dropout 0.3 -> Linear -> V.
-    (No zoneout: the paper's LSTM has it, ModelConfig has no knob for it.)
-    """
-
-    def __init__(self, cfg: ModelConfig, enc_dim: int, vocab_size: int):
-        super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.lstm = nn.LSTMCell(cfg.embed_dim + enc_dim, cfg.decoder_dim)
-        self.attention = AdditiveAttention(enc_dim, cfg.decoder_dim, cfg.attention_dim, cfg.weight_feedback)
-        self.fertility = nn.Linear(enc_dim, 1) if cfg.weight_feedback else None
-        readout_dim = cfg.decoder_dim - cfg.decoder_dim % 2  # maxout needs pairs
-        self.readout = nn.Linear(cfg.decoder_dim + enc_dim + cfg.embed_dim, readout_dim)
-        self.readout_dropout = nn.Dropout(0.3)
-        self.output = nn.Linear(readout_dim // 2, vocab_size)
-
-    def forward(
-        self, inputs: Tensor, enc: Tensor, lengths: Tensor, mask: Tensor, step: int | None
-    ) -> tuple[Tensor, Tensor]:
-        """inputs (B, S) previous labels, enc (B, T', D) -> logits (B, S, V), cross-attention (B, S, T')."""
-        b, s = inputs.shape
-        lam = center_attention_lambda(step, self.cfg)
-        embedded = self.embed(inputs)  # (B, S, E)
-        keys = self.attention.key(enc)  # (B, T', A): once, outside the label loop
-        inv_fertility = None
-        if self.fertility is not None:
-            inv_fertility = 0.5 * torch.sigmoid(self.fertility(enc).squeeze(-1))  # (B, T')
-        state = enc.new_zeros(b, self.cfg.decoder_dim)
-        cell = enc.new_zeros(b, self.cfg.decoder_dim)
-        context = enc.new_zeros(b, enc.shape[-1])
-        accum = enc.new_zeros(b, enc.shape[1])
-        states, contexts, weights_all = [], [], []
-        for i in range(s):
-            state, cell = self.lstm(torch.cat([embedded[:, i], context], dim=-1), (state, cell))
-            weights = apply_center_attention(self.attention(keys, state, accum, mask), lengths, lam)
-            context = (weights[:, :, None] * enc).sum(1)
-            if inv_fertility is not None:
-                accum = accum + weights * inv_fertility
-            states.append(state)
-            contexts.append(context)
-            weights_all.append(weights)
-        readout = torch.cat([torch.stack(states, 1), torch.stack(contexts, 1), embedded], dim=-1)
-        readout = self.readout(readout)
-        readout = readout.unflatten(-1, (-1, 2)).amax(-1)  # maxout, 2 pieces
-        return self.output(self.readout_dropout(readout)), torch.stack(weights_all, 1)
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention from (B, S, D) queries to (B, T', D) memory; returns weights (B, H, S, T')."""
-
-    def __init__(self, d: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.d_head = heads, d // heads
-        self.query = nn.Linear(d, d)
-        self.key_value = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, d)
-        self.dropout = nn.Dropout(dropout)
-
-    def _split(self, x: Tensor) -> Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, self.d_head).transpose(1, 2)
-
-    def forward(
-        self, x: Tensor, memory: Tensor, key_mask: Tensor, lengths: Tensor | None = None, lam: float = 1.0
-    ) -> tuple[Tensor, Tensor]:
-        """key_mask broadcasts to (B, H, S, T'); with lengths given, centre attention blends in by `lam`."""
-        q = self._split(self.query(x))
-        k, v = (self._split(part) for part in self.key_value(memory).chunk(2, dim=-1))
-        weights = masked_softmax((q @ k.transpose(-1, -2)) * self.d_head**-0.5, key_mask)
-        if lengths is not None:
-            weights = apply_center_attention(weights, lengths, lam)
-        context = (self.dropout(weights) @ v).transpose(1, 2).flatten(2)
-        return self.out(context), weights
-
-
-class TransformerDecoderLayer(nn.Module):
-    """Pre-LN: causal self-attention, cross-attention to the encoder, FFN (4x width, ReLU)."""
-
-    def __init__(self, d: int, heads: int, dropout: float):
-        super().__init__()
-        self.self_norm, self.cross_norm, self.ffn_norm = (nn.LayerNorm(d) for _ in range(3))
-        self.self_attention = MultiHeadAttention(d, heads, dropout)
-        self.cross_attention = MultiHeadAttention(d, heads, dropout)
-        self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self, x: Tensor, memory: Tensor, causal: Tensor, mask: Tensor, lengths: Tensor, lam: float
-    ) -> tuple[Tensor, Tensor]:
-        """x (B, S, d), memory (B, T', d) -> (B, S, d), cross-attention weights (B, H, S, T')."""
-        h = self.self_norm(x)
-        x = x + self.dropout(self.self_attention(h, h, causal)[0])
-        out, weights = self.cross_attention(self.cross_norm(x), memory, mask[:, None, None, :], lengths, lam)
-        x = x + self.dropout(out)
-        return x + self.dropout(self.ffn(self.ffn_norm(x))), weights
-
-
-class TransformerDecoder(nn.Module):
-    """Label embedding + sinusoidal positions, pre-LN layers, final LN, output Linear -> V."""
-
-    def __init__(self, cfg: ModelConfig, enc_dim: int, vocab_size: int):
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.decoder_dim
-        self.embed = nn.Embedding(vocab_size, d)
-        self.enc_proj = nn.Linear(enc_dim, d) if enc_dim != d else nn.Identity()
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            TransformerDecoderLayer(d, cfg.decoder_heads, cfg.dropout) for _ in range(cfg.decoder_layers)
-        )
-        self.norm = nn.LayerNorm(d)
-        self.output = nn.Linear(d, vocab_size)
-
-    def forward(
-        self, inputs: Tensor, enc: Tensor, lengths: Tensor, mask: Tensor, step: int | None
-    ) -> tuple[Tensor, Tensor]:
-        """inputs (B, S), enc (B, T', D) -> logits (B, S, V), attention (B, S, T') (mean: heads, layers)."""
-        s = inputs.shape[1]
-        lam = center_attention_lambda(step, self.cfg)
-        x = self.embed(inputs) + sinusoids(torch.arange(s, device=inputs.device), self.embed.embedding_dim)
-        x = self.dropout(x)
-        memory = self.enc_proj(enc)
-        causal = torch.ones(s, s, dtype=torch.bool, device=inputs.device).tril()
-        weights = []
-        for layer in self.layers:
-            x, w = layer(x, memory, causal, mask, lengths, lam)
-            weights.append(w.mean(1))
-        return self.output(self.norm(x)), torch.stack(weights).mean(0)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -562,6 +385,8 @@ class ConformerAED(nn.Module):
         self.ctc_heads = nn.ModuleDict(
             {str(b): nn.Linear(cfg.d_model, vocab_size + 1) for b in cfg.ctc_layers}
         )
+        if cfg.init == "returnn":
+            returnn_init(self)
 
     def encode(
         self, features: Tensor, feature_lengths: Tensor, step: int | None = None, collect: bool = False
@@ -579,7 +404,12 @@ class ConformerAED(nn.Module):
         collect: bool = False,
     ) -> AEDOutput:
         """Teacher-forced pass: decoder input [BOS, a_1..a_N], targets [a_1..a_N, EOS]; S = max(N) + 1."""
-        enc = self.encode(features, feature_lengths, step, collect)
+        return self.decode(self.encode(features, feature_lengths, step, collect), labels, label_lengths, step)
+
+    def decode(
+        self, enc: EncoderOutput, labels: Tensor, label_lengths: Tensor, step: int | None = None
+    ) -> AEDOutput:
+        """The teacher-forced decoder (and CTC heads) on an encoder output; labels (B, N), lengths (B,)."""
         n = int(label_lengths.max())
         target_mask = lengths_to_mask(label_lengths + 1, n + 1)
         labels = labels[:, :n] * target_mask[:, :n]  # padding -> 0, whatever the caller padded with
@@ -616,3 +446,18 @@ class ConformerAED(nn.Module):
         total = ce + ctc_scale * ctc_total
         stats = {"ce": ce.detach().item(), "ctc": ctc_total.detach().item(), "accuracy": accuracy.item()}
         return total, stats
+
+
+def returnn_init(model: nn.Module) -> None:
+    """RETURNN frontend's default initialisation, which the paper's models had: Glorot (Xavier) uniform for
+    every weight matrix, convolution kernel, embedding table and learned position table, zero biases; norms
+    keep weight 1 and bias 0. (PyTorch's defaults, uniform +-1/sqrt(fan_in) with random biases and N(0, 1)
+    embeddings, start the MHSA and FFN branches much smaller relative to the residual.)
+    The learned relative-position table has no explicit initial value in RETURNN; we take its Glorot default.
+    """
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("bias") or "pos_bias" in name:
+                nn.init.zeros_(parameter)  # incl. LSTM bias_ih/bias_hh and Transformer-XL u, v
+            elif parameter.ndim >= 2:
+                nn.init.xavier_uniform_(parameter)  # norm weights (1-D) keep 1

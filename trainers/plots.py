@@ -46,18 +46,21 @@ def _empty(path: str | Path, message: str) -> None:
     _save(figure, path)
 
 
-def plot_attention(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+def plot_attention(
+    path: str | Path, arrays: dict[str, np.ndarray], utterances: int | None = None, step: int | None = None
+) -> None:
     """Cross-attention (labels x encoder frames) of up to 3 held-out utterances, true spans drawn as boxes.
 
     arrays: attention (n, S, T'), label_lengths (n,), enc_lengths (n,), spans (n, S, 2) in input frames,
-    subsampling, attention_directions (n,).
+    subsampling, attention_directions (n,). `utterances` draws only the first few (a smaller, faster figure);
+    `step` goes into the title.
     """
     if not arrays or "attention" not in arrays or len(arrays["attention"]) == 0:
         _empty(path, "no attention recorded")
         return
     attention, spans = arrays["attention"], arrays["spans"]
     subsampling = int(arrays["subsampling"])
-    count = len(attention)
+    count = min(len(attention), utterances or len(attention))
     figure = _figure(5.0 * count, 3.6)
     for i, axes in enumerate(figure.subplots(1, count, squeeze=False)[0]):
         labels, frames = int(arrays["label_lengths"][i]), int(arrays["enc_lengths"][i])
@@ -66,6 +69,8 @@ def plot_attention(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         )
         # A true span [start, end) in input frames covers encoder frames start/s .. end/s (pixels centred).
         for s, (start, end) in enumerate(spans[i, :labels]):
+            if start < 0:  # no reference alignment for this label
+                continue
             box = Rectangle(
                 (start / subsampling - 0.5, s - 0.5),
                 (end - start) / subsampling,
@@ -79,7 +84,8 @@ def plot_attention(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         axes.set_title(f"utterance {i}: direction {direction:+.2f}")
         _frame_axes(axes)
         figure.colorbar(image, ax=axes, label="attention weight")
-    figure.suptitle("Cross-attention (red boxes: true label spans)")
+    at = f" at step {step}" if step is not None else ""
+    figure.suptitle(f"Cross-attention{at} (red boxes: true label spans)")
     _save(figure, path)
 
 

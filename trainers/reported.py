@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-# Evaluation fields reported as they are (trainers.detector.Evaluation.metrics).
+# Evaluation fields reported as they are (trainers.verdict.Evaluation.metrics).
 EVALUATION_FIELDS = (
     "step",
     "loss",
@@ -18,9 +18,20 @@ EVALUATION_FIELDS = (
     "attention_miss_rate",
     "alignment_miss_rate",
     "reversal_score",
+    "attention_focus",  # mean peak x T' (1: uniform)
+    "attention_backward_fraction",  # utterances whose attention reads backwards
+    "cross_initial_mass",  # cross-attention mass on the first detector.initial_frames encoder frames
+    "cross_initial_lift",  # ... relative to uniform attention
 )
-# The backward phase so far (trainers.detector.transient), in every report and at the end.
-RUNNING_PHASE = ("min_attention_direction", "max_reversal_score", "backward_evaluations")
+# The backward phase so far (trainers.verdict.transient), in every report and at the end.
+RUNNING_PHASE = (
+    "min_attention_direction",
+    "max_reversal_score",
+    "backward_evaluations",
+    "max_backward_fraction",  # most utterances reading backwards at one evaluation
+    "max_cross_initial_lift",  # the paper's first step: cross-attention piled onto the initial frames
+    "max_self_initial_reach",  # ... and the initial frames' self-attention reaching the far half (any block)
+)
 SCALARS = (
     *EVALUATION_FIELDS,
     "flip_block",
@@ -30,10 +41,55 @@ SCALARS = (
     "learning_rate",
     *RUNNING_PHASE,
 )
-PER_BLOCK = ("block_direction", "mhsa_ffn_ratio", "mhsa_residual_ratio", "self_attention_direction")
+PER_BLOCK = (
+    "block_direction",
+    "mhsa_ffn_ratio",
+    "mhsa_residual_ratio",
+    "self_attention_direction",
+    "self_initial_reach",  # initial queries' self-attention mass on the far half of the utterance
+    "self_initial_pull",  # other queries' mass on the initial frames, relative to uniform
+)
 _PER_BLOCK = re.compile(rf"({'|'.join(PER_BLOCK)})_\d+")
 
 
 def is_reported(name: str) -> bool:
     """Whether every evaluation report carries `name` (per-block names: `block_direction_3`, ...)."""
     return name in SCALARS or _PER_BLOCK.fullmatch(name) is not None
+
+
+# The run's summary figures: the numbers in trainers.verdict.verdict besides label, flip_block,
+# time_to_flip, shifted and step. They travel in trainers.outcome.TrialOutcome.figures, are logged as
+# `verdict/<name>` on the trial's MLflow run and become columns of a sweep's trials table. A new figure:
+# compute it in verdict() and add its name here (per-block figures: the name before `_<block>` in
+# VERDICT_PER_BLOCK).
+VERDICT_FIGURES = (
+    # the last evaluation
+    "accuracy",
+    "attention_direction",
+    "attention_peak",
+    "encoder_direction",  # the last block's gradient-map direction
+    "g0_direction",  # the encoder input's gradient-map direction
+    "reversal_score",
+    "tse_boundary_ms",
+    "tse_position_ms",
+    "attention_focus",
+    "attention_backward_fraction",
+    "cross_initial_lift",
+    # the backward phase (trainers.verdict.transient)
+    *RUNNING_PHASE,
+    "backward_first_step",
+    "backward_last_step",
+    "reversed_encoder_evaluations",  # attention, G_0 and last block all read as a flip (trap or not)
+    # the flip mechanism of a reversed run's flipping block (trainers.verdict.flip_mechanism)
+    "mhsa_ffn_ratio_before",
+    "mhsa_ffn_ratio_after",
+    "mhsa_residual_ratio_before",
+    "mhsa_residual_ratio_after",
+)
+VERDICT_PER_BLOCK: tuple[str, ...] = ()
+_VERDICT_PER_BLOCK = re.compile(rf"({'|'.join(VERDICT_PER_BLOCK) or '(?!)'})_\d+")
+
+
+def is_verdict_figure(name: str) -> bool:
+    """Whether `name` is a declared verdict figure (see VERDICT_FIGURES)."""
+    return name in VERDICT_FIGURES or _VERDICT_PER_BLOCK.fullmatch(name) is not None

@@ -4,8 +4,10 @@
     python -m trainers.train --print-config
 
 A trial is the plain function `run_trial(config, out_dir)`; it knows nothing of Ray or MLflow. It writes
-`out_dir/result.json` (the verdict and final figures), `out_dir/metrics.jsonl` (one line per evaluation),
-`attention.png` and `gradients.png`, and keeps `state.pt` so that a call on the same `out_dir` resumes.
+`out_dir/result.json` (the trial's outcome, `trainers.outcome.TrialOutcome`, with the last evaluation and
+the config), `out_dir/metrics.jsonl` (one line per evaluation), `attention_maps/step_<step>.png` (one
+utterance's cross-attention per evaluation), `attention.png` and `gradients.png`, and keeps `state.pt` so that
+a call on the same `out_dir` resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +34,14 @@ from trainers.config import (
     parse_assignment,
     to_commented_yaml,
 )
-from trainers.data import SyntheticCorpus
-from trainers.detector import Evaluation, evaluate, should_stop, transient, verdict
+from trainers.data import CorpusError, TrainStream, heldout_batches, make_corpus
+from trainers.detector import evaluate
 from trainers.model import ConformerAED
+from trainers.outcome import RESULT_FILE, TrialCost, TrialOutcome, attention_map_path
 from trainers.plots import plot_attention, plot_gradients
 from trainers.reported import RUNNING_PHASE
+from trainers.specaugment import spec_augment
+from trainers.verdict import Evaluation, should_stop, transient, verdict
 
 # report(metrics, checkpoint_dir): called after every evaluation; checkpoint_dir is set when resumable state
 # was just saved there (the Ray wrapper turns it into a Tune checkpoint).
@@ -59,25 +65,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     if progress < 0.9:
         return cfg.lr_peak + (cfg.lr_start - cfg.lr_peak) * (progress - warmup) / (0.9 - warmup)
     return cfg.lr_start + (cfg.lr_final - cfg.lr_start) * (progress - 0.9) / 0.1
-
-
-def spec_augment(features: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig, generator: torch.Generator):
-    """Zero random time spans and feature bands of (B, T, F) features, within each utterance's length."""
-    batch, frames, dims = features.shape
-    keep = torch.ones(batch, frames, dims, dtype=torch.bool)
-    time_axis = torch.arange(frames)
-    for _ in range(cfg.specaug_time_masks):
-        width = torch.randint(0, cfg.specaug_time_width + 1, (batch,), generator=generator)
-        start = (torch.rand(batch, generator=generator) * (lengths - width).clamp(min=1)).long()
-        hit = (time_axis >= start[:, None]) & (time_axis < (start + width)[:, None])
-        keep &= ~hit[:, :, None]
-    dim_axis = torch.arange(dims)
-    for _ in range(cfg.specaug_feature_masks):
-        width = torch.randint(0, cfg.specaug_feature_width + 1, (batch,), generator=generator)
-        start = (torch.rand(batch, generator=generator) * (dims - width).clamp(min=1)).long()
-        hit = (dim_axis >= start[:, None]) & (dim_axis < (start + width)[:, None])
-        keep &= ~hit[:, None, :]
-    return features * keep
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -119,9 +106,13 @@ class Trial:
             torch.set_num_threads(config.train.threads)
         self.device = _device(config.train)
         torch.manual_seed(config.seed)
-        self.corpus = SyntheticCorpus(config.data)
-        self.heldout = self.corpus.heldout(config.detector.utterances).to(self.device)
-        self.model = ConformerAED(config.model, config.data.feature_dim, self.corpus.vocab_size).to(
+        self.corpus = make_corpus(config)
+        self.stream = TrainStream(
+            self.corpus, (config.data.seed, config.seed), config.train.batch_size, config.data.bucket_batches
+        )
+        heldout = heldout_batches(self.corpus, config.detector.utterances, config.detector.batches)
+        self.heldout = [batch.to(self.device) for batch in heldout]
+        self.model = ConformerAED(config.model, self.corpus.feature_dim, self.corpus.vocab_size).to(
             self.device
         )
         self.optimizer = _optimizer(self.model, config.train)
@@ -171,13 +162,10 @@ class Trial:
     # -- training --------------------------------------------------------------------------------------
     def train_step(self) -> float:
         cfg = self.cfg.train
-        batch = self.corpus.train_batch(self.cfg.seed, self.step, cfg.batch_size)
-        features = batch.features
-        if cfg.specaug_time_masks + cfg.specaug_feature_masks and self.step >= cfg.specaug_start:
-            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-            features = spec_augment(features, batch.feature_lengths, cfg, generator)
-        batch.features = features
-        batch = batch.to(self.device)
+        batch = self.stream.batch(self.step)  # may be cached (bucketed pools): never modified in place
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        features = spec_augment(batch.features, batch.feature_lengths, self.step, cfg, generator)
+        batch = replace(batch, features=features).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr_scale"] * learning_rate(self.step, cfg)
         self.model.train()
@@ -207,6 +195,10 @@ class Trial:
             self.cfg.detector,
             self.cfg.model.subsampling,
             self.cfg.train.label_smoothing,
+        )
+        # One utterance's cross-attention per evaluation: a sweep logs these by step, to watch a flip happen.
+        plot_attention(
+            attention_map_path(self.out_dir, self.step), evaluation.arrays, utterances=1, step=self.step
         )
         self.detector_seconds += time.perf_counter() - started
         return evaluation
@@ -263,22 +255,26 @@ class Trial:
         if not self.history or self.history[-1].step != self.step or not self.history[-1].arrays:
             self.history.append(self.evaluate())  # e.g. resumed after the last evaluation lost its arrays
         final = self.history[-1]
-        result = {
-            "verdict": verdict(self.history, self.cfg.detector),
-            "final": final.to_dict(),
-            "steps_done": self.step,
-            "early_stopped": self.step < self.cfg.train.steps,
-            "control": self.cfg.model.control != "none",
-            "train_seconds": self.train_seconds,
-            "detector_seconds": self.detector_seconds,
-            "detector_share": self.detector_seconds / max(self.train_seconds + self.detector_seconds, 1e-9),
-            "steps_per_second": self.step / max(self.train_seconds, 1e-9),
-            "device": str(self.device),
-            "config": flatten(self.cfg),
-        }
+        cost = TrialCost(
+            train_seconds=self.train_seconds,
+            detector_seconds=self.detector_seconds,
+            detector_share=self.detector_seconds / max(self.train_seconds + self.detector_seconds, 1e-9),
+            steps_per_second=self.step / max(self.train_seconds, 1e-9),
+            device=str(self.device),
+        )
+        outcome = TrialOutcome.from_verdict(
+            verdict(self.history, self.cfg.detector),
+            control=self.cfg.model.control != "none",
+            steps_done=self.step,
+            early_stopped=self.step < self.cfg.train.steps,
+            cost=cost,
+        )
+        # The outcome is the trial's answer (trainers.outcome); `final` and `config` are the record behind it.
+        result = {"outcome": outcome.to_dict(), "final": final.to_dict(), "config": flatten(self.cfg)}
         plot_attention(self.out_dir / "attention.png", final.arrays)
         plot_gradients(self.out_dir / "gradients.png", final.arrays)
-        (self.out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        text = json.dumps(result, indent=2, default=_json_default) + "\n"
+        (self.out_dir / RESULT_FILE).write_text(text)
         return result
 
 
@@ -329,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required to train")
-    result = run_trial(config, args.out)
-    summary = result["verdict"]
+    try:
+        result = run_trial(config, args.out)
+    except CorpusError as exc:  # a bad speech corpus, found before anything was written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = result["outcome"]
     print(json.dumps({k: summary.get(k) for k in ("label", "flip_block", "time_to_flip")}))
     return 0
 

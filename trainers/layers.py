@@ -1,0 +1,72 @@
+"""Small tensor helpers shared by the encoder and the decoders: masks, positions, masked softmax, and the
+hard centre-frame cross-attention of the paper's third mitigation.
+
+Shapes: B batch, T frames, D width, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainers.config import ModelConfig
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B,) lengths -> (B, max_len) bool, True = valid."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def sinusoids(positions: Tensor, dim: int) -> Tensor:
+    """(N,) positions (any sign) -> (N, dim) sinusoidal encodings, sin and cos halves (Vaswani et al.)."""
+    half = (dim + 1) // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim]
+
+
+def rotary(x: Tensor) -> Tensor:
+    """RoPE: rotate (B, H, T, d) feature pairs (i, i + d/2) by angles proportional to the frame index."""
+    half = x.shape[-1] // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device) / half)
+    angles = torch.arange(x.shape[-2], device=x.device).float()[:, None] * freqs[None, :]  # (T, d/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def masked_softmax(scores: Tensor, key_mask: Tensor) -> Tensor:
+    """Softmax over the last axis restricted to valid keys; padded keys get exactly 0.
+
+    A large negative fill rather than -inf keeps a row without any valid key finite.
+    """
+    scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1) * key_mask
+
+
+def masked_mean_norm(x: Tensor, mask: Tensor) -> float:
+    """Mean over valid frames (pooled over the batch) of the L2 norm over D of x (B, T, D)."""
+    norms = x.detach().float().norm(dim=-1)
+    return float((norms * mask).sum() / mask.sum().clamp_min(1))
+
+
+def center_attention_lambda(step: int | None, cfg: ModelConfig) -> float:
+    """Weight of the learned cross-attention under hard centre-frame attention: 0 forced, 1 learned only."""
+    forced_steps, blend_steps = cfg.center_attention_steps, cfg.center_attention_blend_steps
+    if step is None or step >= forced_steps + blend_steps:
+        return 1.0
+    if step < forced_steps:
+        return 0.0
+    return (step - forced_steps) / blend_steps
+
+
+def apply_center_attention(weights: Tensor, lengths: Tensor, lam: float) -> Tensor:
+    """(1 - lam) * one-hot at frame length // 2 + lam * weights. weights (B, ..., T'), lengths (B,)."""
+    if lam >= 1.0:
+        return weights
+    one_hot = F.one_hot(lengths // 2, weights.shape[-1]).to(weights.dtype)
+    one_hot = one_hot.view(one_hot.shape[0], *([1] * (weights.dim() - 2)), one_hot.shape[-1])
+    return (1.0 - lam) * one_hot + lam * weights if lam > 0.0 else one_hot.expand_as(weights)
