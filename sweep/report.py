@@ -103,6 +103,26 @@ def backward_phase(finished: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+FIRST_STEP = ("max_cross_initial_lift", "max_self_initial_reach", "max_backward_fraction")
+
+
+def first_step(finished: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the paper's first step from each run's recorded running maxima: how much the cross-attention
+    ever piled onto the initial encoder frames (relative to uniform), how far the initial frames'
+    self-attention ever reached into the utterance's far half (any block; 0.5 is uniform), and the most
+    utterances ever reading backwards at one evaluation. Empty for sweeps recorded before these figures."""
+    if not set(FIRST_STEP) <= set(finished.columns) or finished.empty:
+        return pd.DataFrame()
+    return finished.groupby("cell", sort=False).agg(
+        runs=("trial_key", "size"),
+        median_cross_initial_lift=("max_cross_initial_lift", "median"),
+        highest_cross_initial_lift=("max_cross_initial_lift", "max"),
+        median_self_initial_reach=("max_self_initial_reach", "median"),
+        highest_self_initial_reach=("max_self_initial_reach", "max"),
+        median_backward_fraction=("max_backward_fraction", "median"),
+    )
+
+
 def mechanism(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
     """MHSA/FFN ratio of the flipping block before the flip and at the end: a reversed run's own recorded
     figures; a run that did not flip, read from its curve at that block and the sweep's median flip step."""
@@ -174,7 +194,8 @@ def curves(history: Histories, finished: pd.DataFrame, key: str) -> pd.DataFrame
 
 
 def write_plots(history: Histories, finished: pd.DataFrame, directory: Path, name: str) -> list[Path]:
-    """Attention direction and MHSA/residual ratio (paper's depth) over training, one line per run."""
+    """Attention direction, MHSA/residual ratio (paper's depth) and the cross-attention lift on the initial
+    frames over training, one line per run."""
     from sweep.plots import plot_curves  # matplotlib only when plots are asked for
 
     return [
@@ -192,6 +213,13 @@ def write_plots(history: Histories, finished: pd.DataFrame, directory: Path, nam
             "value",
             f"{name}: ||MHSA|| / ||residual|| at the paper's depth",
             "MHSA / residual",
+        ),
+        plot_curves(
+            curves(history, finished, "cross_initial_lift"),
+            directory / f"{name}_cross_initial_lift.png",
+            "value",
+            f"{name}: cross-attention on the initial frames, relative to uniform",
+            "lift over uniform",
         ),
     ]
 
@@ -265,6 +293,19 @@ def report(
         _markdown(backward_phase(finished).reset_index(), ".2f"),
         "",
     ]
+    initial = first_step(finished)
+    if len(initial):
+        out += [
+            "### The paper's first step: the initial frames (running maxima over training)",
+            "",
+            "`cross_initial_lift`: cross-attention mass on the first `detector.initial_frames` encoder "
+            "frames over its uniform share (1: uniform). `self_initial_reach`: the initial frames' "
+            "self-attention mass on the utterance's far half, any block (0.5 uniform, 0 local, 1 mirrored). "
+            "`backward_fraction`: utterances whose attention reads backwards at one evaluation.",
+            "",
+            _markdown(initial.reset_index()),
+            "",
+        ]
     out += [
         "### Self-attention dominance: MHSA/FFN and MHSA/residual norm ratios at the paper's depth (medians)",
         "",

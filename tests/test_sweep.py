@@ -220,7 +220,10 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     incidence = markdown.split("### Incidence")[1].split("###")[0]
     assert incidence.count("model.ffn_scale=") == 2  # one row per cell
     assert "### Backward phase" in markdown and "### Reversed runs, verified" in markdown
-    for plot in ("t_attention_direction.png", "t_mhsa_residual.png"):  # <space name>_<figure>
+    first_step = markdown.split("### The paper's first step")[1].split("###")[0]
+    assert first_step.count("model.ffn_scale=") == 2  # the initial-frame figures, one row per cell
+    plots = ("t_attention_direction.png", "t_mhsa_residual.png", "t_cross_initial_lift.png")
+    for plot in plots:  # <space name>_<figure>
         assert (tmp_path / "img" / plot).stat().st_size > 1000 and f"{plot[:-4]}]" in markdown
 
     assert not [o for o in outputs(notebook) if o.output_type == "error"]
