@@ -58,17 +58,13 @@ def seconds(fn: Callable[[], object], repeats: int = 3) -> float:
 def reference_gradient_maps(model: torch.nn.Module, batch) -> torch.Tensor:
     """The algorithm the detector used before: the whole model (frontend included) on U x S copies, every
     copy decoding every label, one backward pass for all copies. (L+1, U, S, T') maps."""
-    features, lengths, labels, label_lengths = (
-        batch.features,
-        batch.feature_lengths,
-        batch.labels,
-        batch.label_lengths,
-    )
-    num_utts, num_labels = labels.shape
+    tensors = (batch.features, batch.feature_lengths, batch.labels, batch.label_lengths)
+    num_utts, num_labels = batch.labels.shape
+    label_lengths = batch.label_lengths
     position = torch.arange(num_labels).repeat(num_utts)
     model.eval()
     with torch.enable_grad():
-        out = model(*(x.repeat_interleave(num_labels, 0) for x in (features, lengths, labels, label_lengths)))
+        out = model(*(x.repeat_interleave(num_labels, 0) for x in tensors))
         copy = torch.arange(num_utts * num_labels)
         log_prob = out.logits[copy, position].float().log_softmax(-1)
         log_prob = log_prob.gather(-1, out.targets[copy, position][:, None]).squeeze(-1)

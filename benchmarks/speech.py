@@ -24,7 +24,7 @@ import torch
 from trainers.config import build_config
 from trainers.features import log_mel
 from trainers.speak import RenderConfig, render_corpus
-from trainers.speech import _quiet_lhotse, scan_librispeech
+from trainers.speech_sources import quiet_lhotse, scan_librispeech
 from trainers.train import Trial
 
 
@@ -63,7 +63,7 @@ def main() -> None:
         from lhotse.recipes import prepare_librispeech
 
         scan = cpu_seconds(lambda: scan_librispeech(root, "train"))
-        with _quiet_lhotse():
+        with quiet_lhotse():
             recipe = cpu_seconds(lambda: prepare_librispeech(root, dataset_parts=["train"]))
 
         speech = {

@@ -1,7 +1,9 @@
 """The trial configuration: one validated tree, addressed by dotted keys (`model.ffn_scale`).
 
 Every knob a sweep may vary lives here, with a one-line description that `--print-config` turns into a YAML
-comment. Unknown keys and bad values raise `ConfigError` naming the key.
+comment. Unknown keys and bad values raise `ConfigError` naming the key. One file on purpose, past 400 lines:
+it is the trial's whole schema, read top to bottom by section (data, speech, model, train, detector), and
+the space-file checks validate every cell against it.
 """
 
 from __future__ import annotations

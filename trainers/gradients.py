@@ -35,18 +35,13 @@ def gradient_maps(
 
     The model runs in eval mode (restored after), so copies do not interact through dropout or batch
     statistics."""
-    features, lengths, labels, label_lengths = (
-        batch.features,
-        batch.feature_lengths,
-        batch.labels,
-        batch.label_lengths,
-    )
+    labels, label_lengths = batch.labels, batch.label_lengths
     num_utts, num_labels = labels.shape
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            h0, enc_lengths = model.encoder.embed(features, lengths)
+            h0, enc_lengths = model.encoder.embed(batch.features, batch.feature_lengths)
         frames = h0.shape[1]
         mask = torch.arange(frames, device=h0.device)[None, :] < enc_lengths[:, None]  # (U, T')
         maps = torch.zeros(len(model.encoder.blocks) + 1, num_utts, num_labels, frames, device=h0.device)
