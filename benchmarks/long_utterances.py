@@ -7,7 +7,8 @@ x6, batch 16) on one CPU thread. Everything is timed in this one process and rep
 * the frontend's pooling, placed before the ReLU as `max` over pairs, against the reference nn.MaxPool2d
   after the ReLU (same values, same gradients);
 * the detector's gradient maps (frontend once, chunked copies, decoder cut at each chunk's last label)
-  against the reference algorithm they replaced (the whole model on U x S replicated copies, one pass);
+  against the reference algorithm they replaced (the whole model on U x S replicated copies, one pass):
+  time, and peak memory growth, each algorithm in a fresh process;
 * the detector's share of trial time at `detector.every` = 50.
 """
 
@@ -74,6 +75,55 @@ def reference_gradient_maps(model: torch.nn.Module, batch) -> torch.Tensor:
     return torch.stack([g.norm(dim=-1).view(num_utts, num_labels, -1) for g in grads]) * frames
 
 
+def _peak_memory_child(overrides: dict, algorithm: str, queue) -> None:
+    """In a fresh process: how far resident memory rises above its level before one algorithm computes the
+    maps (sampled every 2 ms by a thread)."""
+    import threading
+
+    import psutil
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Trial(build_config(STUDY_1, overrides), Path(tmp), log=lambda _: None)
+        probe = _probe(trial)
+        process, peak, done = psutil.Process(), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], process.memory_info().rss)
+                done.wait(0.002)
+
+        before = process.memory_info().rss
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        if algorithm == "ours":
+            gradient_maps(trial.model, probe, step=None)
+        else:
+            reference_gradient_maps(trial.model, probe)
+        done.set()
+        sampler.join()
+        queue.put((peak[0] - before) / 2**20)  # MiB
+
+
+def peak_memory(overrides: dict, algorithm: str) -> float:
+    """MiB of peak-memory growth of one gradient-map algorithm, measured in a fresh process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_peak_memory_child, args=(overrides, algorithm, queue))
+    child.start()
+    grown = queue.get()
+    child.join()
+    return grown
+
+
+def _probe(trial: Trial):
+    """The first `gradient_utterances` held-out utterances, at their own padding."""
+    probe = trial.heldout[0].take(trial.cfg.detector.gradient_utterances)
+    return replace(probe, features=probe.features[:, : int(probe.feature_lengths.max())])
+
+
 def frontend_pooling(trial: Trial, batch) -> tuple[float, float]:
     """Seconds of the first frontend convolution, pooling and ReLU, forward and backward: ours, reference."""
     conv = trial.model.encoder.frontend.convs[0]
@@ -103,9 +153,7 @@ def main() -> None:
         flops = flops_per_step(trial)
         step = seconds(trial.train_step)
         ours_pool, reference_pool = frontend_pooling(trial, batch)
-        heldout = trial.heldout[0]
-        probe = heldout.take(config.detector.gradient_utterances)
-        probe = replace(probe, features=probe.features[:, : int(probe.feature_lengths.max())])  # own padding
+        probe = _probe(trial)
         ours_maps = seconds(lambda: gradient_maps(trial.model, probe, step=None), repeats=1)
         reference_maps = seconds(lambda: reference_gradient_maps(trial.model, probe), repeats=1)
         difference = (
@@ -114,6 +162,8 @@ def main() -> None:
             .max()
         )
         evaluation = seconds(trial.evaluate, repeats=1)
+    overrides = dict(parse_assignment(s) for s in args.set)
+    ours_memory, reference_memory = peak_memory(overrides, "ours"), peak_memory(overrides, "reference")
     labels = float(probe.label_lengths.float().mean())
     every = 50
     rows = [
@@ -128,6 +178,10 @@ def main() -> None:
             f"gradient maps ({len(probe.labels)} utt., {labels:.0f} labels)",
             f"{ours_maps:.2f} s vs {reference_maps:.2f} s: {reference_maps / ours_maps:.1f}x faster "
             f"(max |difference| {float(difference):.1e})",
+        ),
+        (
+            "gradient maps, peak memory",
+            f"{ours_memory:.0f} vs {reference_memory:.0f} MiB: {reference_memory / ours_memory:.1f}x less",
         ),
         ("detector evaluation", f"{evaluation:.2f} s = {evaluation / step:.1f} training steps"),
         (f"detector share at every={every}", f"{evaluation / (every * step + evaluation):.1%}"),
