@@ -280,7 +280,12 @@ def report(
         "-" if math.isnan(r.rate) else f"{r.rate:.0%} [{r.ci_low:.0%}, {r.ci_high:.0%}]"
         for r in cells.itertuples()
     ]
-    columns = ["cell", *factors, "n", "reversed", "normal", "undecided", "failed", "rate [95% CI]"]
+    # n counts runs without an outcome yet (an interrupted sweep's `incomplete` runs): say how many.
+    cells["unfinished"] = cells["n"] - cells[["reversed", "normal", "undecided", "failed"]].sum(axis=1)
+    counts = ["n", "reversed", "normal", "undecided", "failed"] + (
+        ["unfinished"] if cells["unfinished"].any() else []
+    )
+    columns = ["cell", *factors, *counts, "rate [95% CI]"]
     out += ["### Incidence", "", _markdown(cells[[c for c in columns if c in cells]]), ""]
     out += comparison_lines(stats)
 

@@ -300,6 +300,17 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(1)
     kill_driver(driver)
+    # Read back now, the report counts the runs the kill left without an outcome as unfinished, not as data.
+    interrupted = report_statistics(tmp_path, tmp_path / "interrupted")
+    incidence = interrupted.split("### Incidence")[1].split("###")[0]
+    header, _, row = incidence.strip().splitlines()[:3]
+    cells = dict(
+        zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")], strict=True)
+    )
+    assert int(cells["unfinished"]) >= 1
+    assert int(cells["n"]) == sum(
+        int(cells[k]) for k in ("reversed", "normal", "undecided", "failed", "unfinished")
+    )
     resumed = sweep(tmp_path, space, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # One line says what is resumed; Ray's complaints about trials that had not started stay out of view.
