@@ -177,9 +177,10 @@ def _optuna_storage(sweep: Sweep) -> str:
 # -- stage 4: fit --------------------------------------------------------------------------------------------
 def fit(sweep: Sweep, tuner):
     from sweep.progress import SweepProgress
+    from sweep.tuner import quiet_tune
 
     sweep.started = time.perf_counter()
-    with SweepProgress(sweep.design.n_trials, sweep.space.trainer):
+    with SweepProgress(sweep.design.n_trials, sweep.space.trainer), quiet_tune():
         return tuner.fit()
 
 

@@ -18,16 +18,21 @@ from ray import tune
 
 from sweep.trainable import run_tune_trial, trial_key, trial_title
 
-# Tune's restore reads every trial's progress files and warns about each trial that has none yet, i.e. about
-# every trial that had not started: expected on a resume, and said better by the driver's own resume line.
-_RESTORE_LOGGER = "ray.tune.analysis.experiment_analysis"
+# Tune's restore, and its results after a Ctrl-C, read every trial's progress files and warn about each
+# trial that has none yet, i.e. about every trial that had not started; after a Ctrl-C it also tells the user
+# to call `Tuner.restore`. Both are said better, in one line, by the driver (`--resume`).
+_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
+_TUNE_LOGGER = "ray.tune.tune"
 
 
-class _NotStartedTrials(logging.Filter):
-    """Drops Tune's "Failed to fetch metrics" warning when every failure is a missing progress file."""
+class _SaidByTheDriver(logging.Filter):
+    """Drops Tune's "Failed to fetch metrics" warning when every failure is a missing progress file, and its
+    "Resume experiment with: Tuner.restore(...)" advice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith("Experiment has been interrupted"):
+            return False
         if not message.startswith("Failed to fetch metrics"):
             return True
         failures = message.splitlines()[1:]
@@ -35,14 +40,17 @@ class _NotStartedTrials(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_restore() -> Iterator[None]:
-    logger = logging.getLogger(_RESTORE_LOGGER)
-    noise = _NotStartedTrials()
-    logger.addFilter(noise)
+def quiet_tune() -> Iterator[None]:
+    """Keep Tune's notes on not-started trials and `Tuner.restore` out of the user's view (restore, fit)."""
+    loggers = [logging.getLogger(name) for name in (_ANALYSIS_LOGGER, _TUNE_LOGGER)]
+    noise = _SaidByTheDriver()
+    for logger in loggers:
+        logger.addFilter(noise)
     try:
         yield
     finally:
-        logger.removeFilter(noise)
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 def trial_name(trial) -> str:
@@ -121,7 +129,7 @@ def restore_tuner(space, sweep_dir: Path) -> tune.Tuner | None:
     if not tune.Tuner.can_restore(str(sweep_dir)):
         return None
     try:
-        with quiet_restore():
+        with quiet_tune():
             return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(space), resume_errored=False)
     except Exception as exc:  # noqa: BLE001 - unpickling another version's callbacks can fail any way
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]

@@ -352,6 +352,33 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     assert (tmp_path / "incidence.csv").read_text() == (straight_dir / "incidence.csv").read_text()
 
 
+def test_ctrl_c_stops_with_exit_130_and_one_line_on_what_to_do(tmp_path):
+    space = write_space(
+        tmp_path / "space.yaml",
+        base={**TINY, "train.steps": 200},
+        replicates=2,
+        resources={"cpus_per_trial": 1, "max_concurrent": 2},  # trials running and not started at the stop
+    )
+    driver = sweep(tmp_path, space, wait=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "results").glob("*/*/checkpoint_*")):
+        assert time.time() < deadline and driver.poll() is None, "the sweep ended before it could be stopped"
+        time.sleep(1)
+    family = psutil.Process(driver.pid).children(recursive=True)  # its local Ray, stopped below if left
+    driver.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
+    try:
+        out, err = driver.communicate(timeout=300)
+    finally:
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted: " in err and "trials unfinished; continue with --resume" in err
+    # Ray's notes on trials that had not started, and its own resume advice, stay out of the user's view.
+    assert "Failed to fetch metrics" not in out + err and "Tuner.restore" not in out + err
+    assert "Traceback" not in err
+
+
 def test_driver_killed_while_writing_its_state_resumes_and_names_a_broken_state(tmp_path):
     space = write_space(tmp_path / "space.yaml")
     # A sweep of the same space whose state an older, non-atomic writer left half-written.
