@@ -9,6 +9,7 @@ the styling and the statistical plot types. With nothing to show, a function sti
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def _figure(panels: int = 1, panel_size: tuple[float, float] = (4.2, 3.4), max_c
     for ax in axes[panels:]:
         ax.set_visible(False)
     return figure, list(axes[:panels])
+
+
+def _suptitle(figure: Figure, title: str) -> None:
+    """The figure's title, wrapped to its width: a one-panel figure is narrower than most titles."""
+    figure.suptitle(textwrap.fill(title, width=max(30, int(9 * figure.get_figwidth()))))
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
@@ -117,7 +123,7 @@ def plot_rate_by_factor(report: IncidenceReport, path: str | Path) -> Path:
         ax.set_ylim(-0.02, 1.1)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("reversed / decided")
-    figure.suptitle(title)
+    _suptitle(figure, title)
     return _save(figure, path)
 
 
@@ -203,7 +209,7 @@ def plot_direction_distribution(trials: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlabel("attention direction (+1 diagonal, -1 anti-diagonal)")
         ax.set_ylabel("runs")
         ax.set_title(f"{name} (n = {len(part)})", fontsize=10)
-    figure.suptitle(title)
+    _suptitle(figure, title)
     return _save(figure, path)
 
 
@@ -243,7 +249,7 @@ def plot_time_to_flip(curve: pd.DataFrame, path: str | Path) -> Path:
         ax.legend(fontsize=8, frameon=False, loc="lower left")
         if part["events"].sum() == 0:
             ax.text(0.5, 0.55, "no run reversed", ha="center", transform=ax.transAxes, color="0.4")
-    figure.suptitle(title)
+    _suptitle(figure, title)
     return _save(figure, path)
 
 
@@ -270,5 +276,5 @@ def plot_curves(
         ax.set_ylabel(ylabel)
         if ylim:
             ax.set_ylim(*ylim)
-    figure.suptitle(title)
+    _suptitle(figure, title)
     return _save(figure, path)
