@@ -49,7 +49,9 @@ def _figure(panels: int = 1, panel_size: tuple[float, float] = (4.2, 3.4), max_c
 
 def _suptitle(figure: Figure, title: str) -> None:
     """The figure's title, wrapped to its width: a one-panel figure is narrower than most titles."""
-    figure.suptitle(textwrap.fill(title, width=max(30, int(9 * figure.get_figwidth()))))
+    figure.suptitle(
+        textwrap.fill(title, width=max(30, int(9 * figure.get_figwidth())), break_on_hyphens=False)
+    )
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
