@@ -92,6 +92,16 @@ def kill_driver(driver: subprocess.Popen) -> None:
     psutil.wait_procs(family, timeout=30)
 
 
+def wait_for_a_checkpoint(tmp_path: Path, driver: subprocess.Popen) -> None:
+    """Return once a trial has saved a checkpoint, i.e. mid-sweep, with trials both started and pending.
+    (Poll the files, not MLflow: a second client could race the driver's creation of the database.)"""
+    deadline = time.time() + 300
+    while not list((tmp_path / "results").glob("*/*/checkpoint_*")):
+        assert time.time() < deadline, "no trial saved a checkpoint within 300 s"
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(1)
+
+
 # -- the three readers of a sweep ---------------------------------------------------------------------------
 def driver_statistics(client: MlflowClient, parent_run_id: str, into: Path) -> Path:
     into.mkdir()
@@ -291,14 +301,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
         resources={"cpus_per_trial": 1, "max_concurrent": 2},  # 2 running at the kill, 2 not started
     )
     driver = sweep(tmp_path, space, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # Kill once a trial has saved a checkpoint, i.e. mid-sweep, with trials both started and pending.
-    # (Poll the files, not MLflow: a second client could race the driver's creation of the database.)
-    while time.time() < deadline:
-        if list((tmp_path / "results").glob("*/*/checkpoint_*")):
-            break
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(1)
+    wait_for_a_checkpoint(tmp_path, driver)
     kill_driver(driver)
     # Read back now, the report counts the runs the kill left without an outcome as unfinished, not as data.
     interrupted = report_statistics(tmp_path, tmp_path / "interrupted")
@@ -360,10 +363,7 @@ def test_ctrl_c_stops_with_exit_130_and_one_line_on_what_to_do(tmp_path):
         resources={"cpus_per_trial": 1, "max_concurrent": 2},  # trials running and not started at the stop
     )
     driver = sweep(tmp_path, space, wait=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not list((tmp_path / "results").glob("*/*/checkpoint_*")):
-        assert time.time() < deadline and driver.poll() is None, "the sweep ended before it could be stopped"
-        time.sleep(1)
+    wait_for_a_checkpoint(tmp_path, driver)
     family = psutil.Process(driver.pid).children(recursive=True)  # its local Ray, stopped below if left
     driver.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
     try:
