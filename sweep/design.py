@@ -88,9 +88,10 @@ class SweepDesign(BaseModel):
         )
 
     def same_experiment(self, other: SweepDesign) -> bool:
-        """Whether two designs describe the same trials (a resumed sweep must not change them)."""
+        """Whether two designs describe the same trials (a resumed sweep must not change them). Compared in
+        their recorded (JSON) form: a setting validated to a tuple reads back from design.json as a list."""
         ignore = {"sweep_id", "legacy"}
-        return self.model_dump(exclude=ignore) == other.model_dump(exclude=ignore)
+        return self.model_dump(mode="json", exclude=ignore) == other.model_dump(mode="json", exclude=ignore)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

@@ -57,6 +57,14 @@ def test_design_without_a_declared_baseline_compares_with_the_first_natural_cell
     assert not design.same_experiment(changed)
 
 
+def test_a_design_read_back_from_its_json_is_the_same_experiment():
+    # c6 sets train.specaug_steps, a list that validation turns into a tuple; design.json gives back a list
+    space = load_space(SPACES / "studies" / "c6_paper_like.yaml")
+    design = SweepDesign.from_space(space, "c6-1")
+    assert isinstance(design.cells[0].settings["train.specaug_steps"], tuple)
+    assert SweepDesign.from_json(design.to_json()).same_experiment(design)
+
+
 def test_a_legacy_parent_run_gives_its_factors_and_no_baseline():
     legacy = SweepDesign.from_legacy_params(
         "old", {"search": "grid", "factor.model.pos_enc": "['abs', 'none']"}
