@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray import tune
 
+from sweep.space import base_overrides
 from sweep.trainable import run_tune_trial, trial_key, trial_title
 
 # Tune's restore, and its results after a Ctrl-C, read every trial's progress files and warn about each
@@ -88,7 +89,7 @@ def tuner_parts(space, specs, sweep_id: str, optuna_storage: str):
     param_space = {
         "run": trainer.run,
         "seed_base": space.seed,
-        "spec": {"overrides": dict(space.base)},
+        "spec": {"overrides": base_overrides(space)},
         "sampled": {key: _tune_range(spec) for key, spec in space.ranges.items()},
     }
     searcher = OptunaSearch(

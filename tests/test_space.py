@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from sweep.registry import TRAINERS, get_trainer
-from sweep.space import SpaceError, expand, factor_names, load_space, sample_random, trial_table
+from sweep.space import (
+    SpaceError,
+    base_overrides,
+    expand,
+    factor_names,
+    load_space,
+    sample_random,
+    trial_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "bad_spaces").glob("*.yaml"))
@@ -316,3 +324,28 @@ def test_validation_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_optuna_trials_get_the_corpus_path_absolute(tmp_path: Path, monkeypatch):
+    # Ray starts each trial in its own folder: a relative speech.root must reach it resolved from where the
+    # driver ran, as grid and random trials get it.
+    monkeypatch.chdir(tmp_path)
+    text = """
+name: hunt-speech
+trainer: conformer_aed
+base: {data.source: audio, speech.root: data/spoken, train.steps: 10}
+search: optuna
+samples: 2
+objective: {metric: max_cross_initial_lift, mode: max}
+ranges:
+  train.lr_peak: {low: 1e-4, high: 3.0e-3, log: true}
+"""
+    space = load_space(write(tmp_path, text))
+    base = base_overrides(space)
+    assert base["speech.root"] == str(tmp_path.resolve() / "data" / "spoken")
+    assert base["train.steps"] == 10 and set(base) == {"data.source", "speech.root", "train.steps"}
+
+    from sweep.tuner import tuner_parts
+
+    param_space, _ = tuner_parts(space, [], "hunt-speech-1", f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert param_space["spec"]["overrides"] == base

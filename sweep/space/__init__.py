@@ -21,10 +21,11 @@ from sweep.space import checks
 from sweep.space.configs import Cell, SpaceFile, TrialSpec, base_layer, build, grid_cells
 from sweep.space.schema import CellEntry, MlflowSettings, Objective, Range, Resources, Space, schema_error
 from sweep.space.source import SpaceError, parse, read_text
-from sweep.space.trials import expand, factor_names, sample_random, trial_specs, trial_table
+from sweep.space.trials import base_overrides, expand, factor_names, sample_random, trial_specs, trial_table
 from trainers.config import flatten
 
 __all__ = [
+    "base_overrides",
     "Cell",
     "CellEntry",
     "MlflowSettings",

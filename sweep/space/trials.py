@@ -74,6 +74,13 @@ def sample_random(space: SpaceFile, rng_seed: int) -> list[TrialSpec]:
     return specs
 
 
+def base_overrides(space: SpaceFile) -> dict[str, Any]:
+    """`base` as the trial config validated it (types cleaned, corpus paths absolute): what an Optuna trial
+    starts from, since Ray runs each trial in its own working folder, not where the driver was started."""
+    config = build(space.doc, space.trainer_spec, [base_layer(space.model)])
+    return settled(config, list(space.model.base))[0]
+
+
 def trial_specs(space: SpaceFile) -> list[TrialSpec]:
     """The trials a sweep runs: grid expanded, random drawn ([] for optuna, which proposes its own)."""
     return expand(space) if space.model.search == "grid" else sample_random(space, space.seed)
