@@ -280,8 +280,7 @@ def report(
         "-" if math.isnan(r.rate) else f"{r.rate:.0%} [{r.ci_low:.0%}, {r.ci_high:.0%}]"
         for r in cells.itertuples()
     ]
-    # n counts runs without an outcome yet (an interrupted sweep's `incomplete` runs): say how many.
-    cells["unfinished"] = cells["n"] - cells[["reversed", "normal", "undecided", "failed"]].sum(axis=1)
+    # n counts runs without an outcome yet (an interrupted sweep's): show how many, when there are any.
     counts = ["n", "reversed", "normal", "undecided", "failed"] + (
         ["unfinished"] if cells["unfinished"].any() else []
     )

@@ -106,6 +106,18 @@ def _mixed_frame() -> pd.DataFrame:
     )
 
 
+def test_runs_without_an_outcome_count_as_unfinished_in_n_and_in_no_rate():
+    # An interrupted sweep's runs are still `incomplete`: they belong to n, not to any label or rate.
+    df = trials(*runs("a", 1, 2), {"cell": "a", "label": "incomplete"}, {"cell": "b", "label": "incomplete"})
+    table = cell_table(df, []).set_index("cell")
+    assert table.loc["a", ["n", "unfinished", "decided"]].tolist() == [4, 1, 3]
+    assert table.loc["a", "rate"] == pytest.approx(1 / 3)
+    assert table.loc["b", ["n", "unfinished", "decided"]].tolist() == [1, 1, 0]
+    assert math.isnan(table.loc["b", "rate"])
+    finished = cell_table(trials(*runs("a", 1, 2)), []).set_index("cell")
+    assert finished.loc["a", "unfinished"] == 0
+
+
 def test_cell_table_counts_and_control_separation():
     df = _mixed_frame()
     factors = [POS, "model.ctc_layers"]

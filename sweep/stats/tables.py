@@ -16,9 +16,10 @@ LABELS = ("reversed", "normal", "undecided", "failed")
 UNSET = "(unset)"
 REQUIRED = ("trial_key", "cell", "control", "label", "steps", "time_to_flip", "attention_direction")
 
-CELL_COUNTS = ["n", "reversed", "normal", "undecided", "failed", "decided", "rate", "ci_low", "ci_high"]
+CELL_COUNTS = ["n", "reversed", "normal", "undecided", "failed", "unfinished", "decided"]
+CELL_COUNTS += ["rate", "ci_low", "ci_high"]
 MARGINAL_COLUMNS = ["factor", "level", "n", "decided", "reversed", "normal", "undecided", "failed"]
-MARGINAL_COLUMNS += ["rate", "ci_low", "ci_high"]
+MARGINAL_COLUMNS += ["unfinished", "rate", "ci_low", "ci_high"]
 FISHER_COLUMNS = ["cell", "reversed", "normal", "rate", "baseline", "baseline_reversed", "baseline_normal"]
 FISHER_COLUMNS += ["baseline_rate", "odds_ratio", "p_value", "p_holm"]
 
@@ -49,12 +50,16 @@ def reversal_rate(reversed_: int, decided: int) -> tuple[float, float, float]:
 
 
 def label_counts(labels: pd.Series) -> dict[str, Any]:
-    """Label counts, decided runs and the reversal rate of one group of trials."""
+    """Label counts, decided runs and the reversal rate of one group of trials.
+
+    Labels outside LABELS (a run of an interrupted sweep, still `incomplete`) are no outcome yet: they count
+    in n and as `unfinished`, never in a rate.
+    """
     tally = labels.value_counts()
     counts = {label: int(tally.get(label, 0)) for label in LABELS}
+    counts["unfinished"] = int(len(labels)) - sum(counts.values())
     decided = counts["reversed"] + counts["normal"]
     rate, low, high = reversal_rate(counts["reversed"], decided)
-    # Labels outside LABELS (e.g. a run still `incomplete`) count in n only: they are no outcome yet.
     return {"n": int(len(labels)), **counts, "decided": decided, "rate": rate, "ci_low": low, "ci_high": high}
 
 
