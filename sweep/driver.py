@@ -226,8 +226,7 @@ def finish(sweep: Sweep, results) -> Exit:
     }
     sweep.tracker.log_metrics(sweep.parent_run_id, metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        write_incidence_files(report, Path(tmp))
-        record.trials.to_csv(Path(tmp) / "trials.csv", index=False)
+        write_incidence_files(report, Path(tmp), record.trials)
         sweep.client.log_artifacts(sweep.parent_run_id, tmp)
     sweep.tracker.finish(sweep.parent_run_id, "FINISHED")
     write_state(sweep.sweep_dir, sweep.state.model_copy(update={"status": "complete", "wall_seconds": wall}))

@@ -9,15 +9,21 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pandas as pd
+
 from sweep import plots
 from sweep.stats import IncidenceReport
 
 TABLES = ("incidence.csv", "marginals.csv", "fisher.csv", "regression.csv", "time_to_flip.csv")
 PLOTS = ("rate_by_factor.png", "heatmap.png", "direction_distribution.png", "time_to_flip.png")
+TRIALS = "trials.csv"  # one row per trial: its cell, seed, settings and outcome, as `sweep.results` reads it
 
 
-def write_incidence_files(report: IncidenceReport, directory: str | Path) -> list[Path]:
-    """Write the tables, model_summary.txt and the plots (under plots/) into `directory`; the paths written.
+def write_incidence_files(
+    report: IncidenceReport, directory: str | Path, trials: pd.DataFrame | None = None
+) -> list[Path]:
+    """Write the tables, model_summary.txt and the plots (under plots/) into `directory`, and `trials` (the
+    sweep's trials frame) as trials.csv when given; the paths written.
 
     A plot that fails is left out with a warning and a note in the summary: a broken figure must not cost a
     sweep its statistics.
@@ -45,4 +51,7 @@ def write_incidence_files(report: IncidenceReport, directory: str | Path) -> lis
             report.notes.append(message)
     (directory / "model_summary.txt").write_text(report.summary_text())
     written.append(directory / "model_summary.txt")
+    if trials is not None:
+        trials.to_csv(directory / TRIALS, index=False)
+        written.append(directory / TRIALS)
     return written

@@ -269,7 +269,7 @@ def report(
     if tables is not None:
         from sweep.outputs import write_incidence_files
 
-        write_incidence_files(stats, tables)
+        write_incidence_files(stats, tables, record.trials)
     factors = record.design.factors
     history = Histories(client)
     finished = finished_runs(history, record.trials)

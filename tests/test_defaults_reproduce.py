@@ -81,10 +81,14 @@ def test_old_code_paths_train_and_read_as_before(name):
     expected = json.loads(GOLDEN.read_text())[name]
     got = record(name)
     # Float-level tolerance only: a changed code path (an RNG draw, an initialisation, a batch) moves the
-    # losses by far more than 1e-5 within the first steps.
+    # training losses by far more than 1e-5 within the first steps.
     assert got["losses"] == pytest.approx(expected["losses"], rel=1e-5)
+    # The evaluation (eval-mode BatchNorm over un-masked padding) depends on the CPU's kernels: on a CPU with
+    # AVX-512/AMX the recipe configs' loss, peak and MHSA ratio differ from the recording machine's by up to
+    # 6.6e-4 (relative) while the training losses agree to 2e-7. Reading the held-out set in 2 batches
+    # instead of 1 moves the peak by 2e-3 and the MHSA ratio by 5e-3, so 1e-3 still catches a changed path.
     for key in ("loss", "accuracy", "attention_direction", "attention_peak", "mhsa_residual_ratio"):
-        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+        assert got[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-7), key
     if CONFIGS[name].get("model.pad_mode", "zero") == "zero":
         assert got["block_directions"] == pytest.approx(expected["block_directions"], abs=1e-6)
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweep.outputs import TABLES
+from sweep.outputs import TABLES, TRIALS
 from sweep.state import STATE_FILE
 from tests.conftest import TINY
 
@@ -220,6 +220,9 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     markdown = report_statistics(tmp_path, tmp_path / "report")
     notebook, from_notebook = notebook_statistics(tmp_path, monkeypatch, "analysis_factorial.ipynb")
     assert_same_statistics(driver, tmp_path / "report", from_notebook)
+    # The per-trial table too, so that a study's record can be kept beside its report (docs/results/).
+    client.download_artifacts(parents[0].info.run_id, TRIALS, str(driver))
+    assert (driver / TRIALS).read_text() == (tmp_path / "report" / TRIALS).read_text()
 
     fisher = pd.read_csv(driver / "fisher.csv")
     assert fisher["cell"].tolist() == ["model.ffn_scale=0.5"] and set(fisher["baseline"]) == {BASELINE}
