@@ -13,7 +13,7 @@ import torch
 from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import ConfigError, build_config
 from trainers.data import SyntheticCorpus, TrainStream, heldout_batches
-from trainers.layers import sinusoids
+from trainers.layers import Dropout, sinusoids
 from trainers.model import ConformerAED
 from trainers.specaugment import paper_mask_counts, spec_augment
 
@@ -143,6 +143,34 @@ def test_absolute_positions_scaled_by_sqrt_d():
     positions = sinusoids(torch.arange(frontend.shape[1]), d)
     torch.testing.assert_close(h0, frontend * math.sqrt(d) + positions)
     torch.testing.assert_close(unscaled, frontend + positions)
+
+
+# -- dropout shared over time -----------------------------------------------------------------------------
+def test_broadcast_dropout_drops_a_feature_for_the_whole_utterance():
+    torch.manual_seed(0)
+    x = torch.ones(8, 50, 64)
+    out = Dropout(0.25, broadcast=True).train()(x)
+    assert torch.equal(out, out[:, :1].expand_as(out))  # the same mask at every frame
+    kept = out[:, 0] != 0
+    assert 0.6 < kept.float().mean() < 0.9 and torch.allclose(out[:, 0][kept], torch.tensor(1 / 0.75))
+    assert not torch.equal(kept[0], kept[1])  # one mask per utterance
+    per_frame = Dropout(0.25).train()(x)
+    assert not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame))
+    assert torch.equal(Dropout(0.25, broadcast=True).eval()(x), x)
+    # Without broadcast it is nn.Dropout, draw for draw: the earlier studies keep their numbers.
+    torch.manual_seed(1)
+    ours = Dropout(0.25).train()(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, torch.nn.Dropout(0.25).train()(x))
+
+
+def test_broadcast_dropout_reaches_every_encoder_dropout_but_attention_weights():
+    model = make(dropout_broadcast=True)
+    dropouts = [m for m in model.encoder.modules() if isinstance(m, Dropout)]
+    assert dropouts and all(m.broadcast for m in dropouts)
+    # the frontend's, then per block FFN1, FFN2, MHSA out and conv
+    assert len(dropouts) == 1 + 4 * len(model.encoder.blocks)
+    assert not any(m.broadcast for m in make().encoder.modules() if isinstance(m, Dropout))
 
 
 # -- the SpecAugment ramp ----------------------------------------------------------------------------------

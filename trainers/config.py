@@ -133,6 +133,11 @@ class ModelConfig(_Section):
     rel_clip: int = Field(16, ge=1, description="clipping distance of the learned relative positions")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the encoder and frontend")
     att_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on self-attention weights")
+    dropout_broadcast: bool = Field(
+        False,
+        description="one dropout mask per utterance and feature, shared over time (RETURNN's "
+        "rf_dropout_broadcast, the paper's setting); false: a mask per frame",
+    )
     decoder: Literal["lstm", "transformer"] = Field(
         "lstm", description="lstm: additive attention with weight feedback (paper); or transformer"
     )

@@ -17,18 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.config import ModelConfig
-from trainers.layers import masked_mean_norm, masked_softmax, rotary, sinusoids
+from trainers.layers import Dropout, masked_mean_norm, masked_softmax, rotary, sinusoids
 
 
 class FeedForward(nn.Module):
     """Linear D -> ffn_dim, swish or ReLU^2, dropout, Linear -> D, dropout. (B, T, D) -> (B, T, D)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, activation: str, dropout: float):
+    def __init__(self, d_model: int, ffn_dim: int, activation: str, dropout: float, broadcast: bool = False):
         super().__init__()
         self.up = nn.Linear(d_model, ffn_dim)
         self.down = nn.Linear(ffn_dim, d_model)
         self.activation = activation
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, broadcast)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.up(x)
@@ -54,13 +54,14 @@ class MultiHeadSelfAttention(nn.Module):
         att_dropout: float,
         dropout: float,
         bias: bool = True,
+        broadcast: bool = False,
     ):
         super().__init__()
         self.heads, self.d_head = heads, d_model // heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
-        self.att_dropout = nn.Dropout(att_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.att_dropout = nn.Dropout(att_dropout)  # on (B, H, T, T) weights: per element, as in RETURNN
+        self.dropout = Dropout(dropout, broadcast)
         self.shaw = pos_enc in ("rel_shaw", "abs+rel_shaw")
         self.xl = pos_enc == "rel_xl"
         self.rope = pos_enc == "rope"
@@ -139,7 +140,9 @@ class MaskedBatchNorm(nn.Module):
 class ConvModule(nn.Module):
     """Pointwise D -> 2D, GLU, depthwise conv in time ('same' length), norm, swish, pointwise D -> D."""
 
-    def __init__(self, d_model: int, kernel: int, norm: str, dropout: float, zero_pad: bool):
+    def __init__(
+        self, d_model: int, kernel: int, norm: str, dropout: float, zero_pad: bool, broadcast: bool = False
+    ):
         super().__init__()
         self.pointwise_in = nn.Linear(d_model, 2 * d_model)
         self.depthwise = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
@@ -147,7 +150,7 @@ class ConvModule(nn.Module):
         self.batch_norm = norm == "batch"
         self.norm = MaskedBatchNorm(d_model) if self.batch_norm else nn.LayerNorm(d_model)
         self.pointwise_out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, broadcast)
         self.zero_pad = zero_pad
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -170,12 +173,13 @@ class ConformerBlock(nn.Module):
         self.ffn1_norm, self.att_norm, self.conv_norm, self.ffn2_norm, self.out_norm = (
             nn.LayerNorm(d) for _ in range(5)
         )
-        self.ffn1 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout)
-        self.ffn2 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout)
+        shared = cfg.dropout_broadcast
+        self.ffn1 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout, shared)
+        self.ffn2 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout, shared)
         self.attention = MultiHeadSelfAttention(
-            d, cfg.heads, cfg.pos_enc, cfg.rel_clip, cfg.att_dropout, cfg.dropout, cfg.attention_bias
+            d, cfg.heads, cfg.pos_enc, cfg.rel_clip, cfg.att_dropout, cfg.dropout, cfg.attention_bias, shared
         )
-        self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.dropout, cfg.pad_mode == "zero")
+        self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.dropout, cfg.pad_mode == "zero", shared)
 
     def forward(
         self, x: Tensor, mask: Tensor, mixing: bool = True, collect: bool = False, mhsa_scale: float = 1.0

@@ -10,7 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainers.config import ModelConfig
 
@@ -18,6 +18,26 @@ from trainers.config import ModelConfig
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(B,) lengths -> (B, max_len) bool, True = valid."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Dropout(nn.Module):
+    """Dropout on (B, T, ...) activations; with `broadcast`, one mask per utterance and feature, shared over
+    the T frames (RETURNN's rf_dropout_broadcast, on in the paper's runs): a dropped feature is dropped for
+    the whole utterance, so dropout cannot mark single frames. Without it, exactly nn.Dropout (same draws).
+    """
+
+    def __init__(self, p: float, broadcast: bool = False):
+        super().__init__()
+        self.p, self.broadcast = p, broadcast
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.broadcast or not self.training or self.p == 0.0:
+            return F.dropout(x, self.p, self.training)
+        keep = x.new_empty(x.shape[0], 1, *x.shape[2:]).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, broadcast={self.broadcast}"
 
 
 def sinusoids(positions: Tensor, dim: int) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from trainers.config import ModelConfig
 from trainers.conformer import ConformerBlock
 from trainers.decoders import LSTMDecoder, TransformerDecoder
-from trainers.layers import lengths_to_mask, sinusoids
+from trainers.layers import Dropout, lengths_to_mask, sinusoids
 
 EOS = 0  # also BOS, as in the paper
 FRONTEND_TIME_STRIDES: dict[int, tuple[int, int, int]] = {4: (1, 2, 2), 6: (1, 3, 2)}
@@ -97,7 +97,14 @@ class ConvFrontend(nn.Module):
     """
 
     def __init__(
-        self, feature_dim: int, channels: int, d_model: int, subsampling: int, dropout: float, zero_pad: bool
+        self,
+        feature_dim: int,
+        channels: int,
+        d_model: int,
+        subsampling: int,
+        dropout: float,
+        zero_pad: bool,
+        broadcast: bool = False,
     ):
         super().__init__()
         self.strides = FRONTEND_TIME_STRIDES[subsampling]
@@ -106,7 +113,7 @@ class ConvFrontend(nn.Module):
             for i, s in enumerate(self.strides)
         )
         self.proj = nn.Linear(channels * (feature_dim // 2), d_model, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, broadcast)
         self.zero_pad = zero_pad
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,7 +139,13 @@ class ConformerEncoder(nn.Module):
         self.cfg = cfg
         zero_pad = cfg.pad_mode == "zero"
         self.frontend = ConvFrontend(
-            feature_dim, cfg.frontend_channels, cfg.d_model, cfg.subsampling, cfg.dropout, zero_pad
+            feature_dim,
+            cfg.frontend_channels,
+            cfg.d_model,
+            cfg.subsampling,
+            cfg.dropout,
+            zero_pad,
+            cfg.dropout_broadcast,
         )
         self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.layers))
 
