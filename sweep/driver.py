@@ -117,6 +117,8 @@ def open_parent_run(sweep: Sweep) -> None:
     if sweep.state.parent_run_id is None:  # a new parent run: its design and the space file as written
         client.log_text(parent_run_id, sweep.design.to_json(), ARTIFACT)
         client.log_text(parent_run_id, sweep.space.text, f"space/{Path(sweep.args.space).name}")
+        for path, text in sweep.space.base_files:  # the files its base came from, so the record is whole
+            client.log_text(parent_run_id, text, f"space/base_from/{path.name}")
         diff = uncommitted_diff(__file__)
         if diff:
             client.log_text(parent_run_id, diff + "\n", "source/uncommitted.diff")

@@ -262,6 +262,105 @@ def test_reproduction_cells_share_seeds_and_differ_only_by_the_mitigation():
             assert {k for k in base.keys() | other.keys() if base.get(k) != other.get(k)} == {key}
 
 
+# -- base_from: a space that starts from another file's base ------------------------------------------------
+def _space(tmp_path: Path, name: str, *lines: str) -> Path:
+    return write(tmp_path, "\n".join([f"name: {name}", "trainer: conformer_aed", *lines]), f"{name}.yaml")
+
+
+def test_base_from_inherits_the_base_and_its_own_keys_win(tmp_path: Path):
+    _space(tmp_path, "first", "base: {train.steps: 300, model.layers: 4, model.rel_clip: 8}")
+    _space(tmp_path, "second", "base_from: first.yaml", "base: {model.layers: 6}", "replicates: 3")
+    (tmp_path / "sub").mkdir()
+    third = _space(tmp_path / "sub", "third", "base_from: ../second.yaml", "base: {model.rel_clip: 16}")
+    space = load_space(third)
+    # a chain of two: steps from the first file, layers from the second, rel_clip from its own
+    assert space.base == {"train.steps": 300, "model.layers": 6, "model.rel_clip": 16}
+    assert [path.name for path, _ in space.base_files] == ["second.yaml", "first.yaml"]
+    assert space.replicates == 1  # nothing but the base is inherited: the design is each file's own
+    assert expand(space)[0].overrides == {
+        "train.steps": 300,
+        "model.layers": 6,
+        "model.rel_clip": 16,
+        "seed": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("child", "where", "key", "message"),
+    [
+        (["base_from: missing.yaml"], ("child", 3), "base_from", "no space file"),
+        (
+            ["base_from: child.yaml"],
+            ("child", 3),
+            "base_from",
+            "a cycle of base_from (child.yaml -> child.yaml)",
+        ),
+        (["base_from: bad_parent.yaml"], ("bad_parent", 4), "base.model.layres", "unknown trial-config key"),
+        (["base_from: parent.yaml", "base: {model.heads: 3}"], ("child", 4), "base.model.heads", "divisible"),
+        (["base_from: parent.yaml", "base: {model.layres: 3}"], ("child", 4), "base.model.layres", "unknown"),
+        (["base_from: [parent.yaml]"], ("child", 3), "base_from", "valid string"),
+        # the combination is blamed on the inherited key (without it, heads 4 divide the default width 64),
+        # and that key is named where it is written: in the other file
+        (
+            ["base_from: narrow.yaml", "base: {model.heads: 4}"],
+            ("narrow", 5),
+            "base.model.d_model",
+            "divisible",
+        ),
+    ],
+    ids=[
+        "missing",
+        "cycle",
+        "bad-parent",
+        "breaks-inherited",
+        "unknown-own-key",
+        "not-a-path",
+        "inherited-broken",
+    ],
+)
+def test_base_from_errors_name_the_file_and_line_of_the_key(tmp_path, child, where, key, message):
+    _space(tmp_path, "parent", "base:", "  model.d_model: 32", "  model.heads: 4")
+    _space(tmp_path, "bad_parent", "base:", "  model.layres: 4")
+    _space(tmp_path, "narrow", "base:", "  model.heads: 3", "  model.d_model: 30")
+    path = _space(tmp_path, "child", *child)
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    error = caught.value
+    assert (Path(error.source).stem, error.line, error.key) == (*where, key), str(error)
+    assert message in error.message and "\n" not in str(error)
+
+
+def test_base_from_refuses_another_trainer(tmp_path: Path):
+    _space(tmp_path, "parent", "base: {train.steps: 300}")
+    path = write(tmp_path, "name: child\ntrainer: another\nbase_from: parent.yaml", "child.yaml")
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    assert (caught.value.key, caught.value.line) == ("trainer", 2)
+
+
+def test_conditions_studies_are_c1_plus_their_condition():
+    """The conditions studies take c1's base (c5: c2's) and add only their own keys: the design says one
+    condition at a time, and `base_from` makes the file say it too."""
+    studies = ROOT / "search_spaces" / "studies"
+    c1 = load_space(studies / "c1_long.yaml").base
+    c2 = load_space(studies / "c2_edges.yaml").base
+    assert {k: v for k, v in c2.items() if c1.get(k) != v} == {
+        "data.features": "log_mel",
+        "data.bucket_batches": 8,
+        "detector.batches": 4,
+    }
+    c5 = load_space(studies / "c5_specaug.yaml")
+    assert [path.name for path, _ in c5.base_files] == ["c2_edges.yaml", "c1_long.yaml"]
+    assert c2.keys() <= c5.base.keys()
+    assert {k for k, v in c5.base.items() if c2.get(k) != v} == {
+        "detector.min_steps",
+        "train.specaug",
+        "train.specaug_steps",
+        "train.specaug_time_width",
+        "train.specaug_feature_width",
+    }
+
+
 # -- random and optuna --------------------------------------------------------------------------------------
 RANDOM = """
 name: rand

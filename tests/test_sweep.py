@@ -160,7 +160,12 @@ def assert_same_statistics(*folders: Path) -> None:
 @pytest.fixture(scope="module")
 def two_trial_sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
-    done = sweep(tmp_path, write_space(tmp_path / "space.yaml", baseline=BASELINE))
+    # its base comes from another file (`base_from`), as the conditions studies' do, with one key changed
+    write_space(tmp_path / "tiny.yaml", name="tiny", base={**TINY, "model.layers": 3})
+    space = write_space(
+        tmp_path / "space.yaml", baseline=BASELINE, base={"model.layers": 2}, base_from="tiny.yaml"
+    )
+    done = sweep(tmp_path, space)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path, done
 
@@ -206,6 +211,9 @@ def test_two_trial_sweep_records_parent_and_nested_children(two_trial_sweep):
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     expected = {"design.json", "incidence.csv", "model_summary.txt", "plots", "space", "trials.csv"}
     assert expected <= parent_artifacts
+    spaces = {a.path for a in client.list_artifacts(parent.info.run_id, "space/base_from")}
+    assert spaces == {"space/base_from/tiny.yaml"}  # the file the base came from is recorded with the space
+    assert parent.data.params["base.train.steps"] == str(TINY["train.steps"])  # inherited from tiny.yaml
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert any("rate" in p for p in plots)
     assert "overall/n" in parent.data.metrics

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sweep.space import checks
 from sweep.space.configs import Cell, SpaceFile, TrialSpec, base_layer, build, grid_cells
 from sweep.space.schema import CellEntry, MlflowSettings, Objective, Range, Resources, Space, schema_error
-from sweep.space.source import SpaceError, parse, read_text
+from sweep.space.source import Document, SpaceError, parse, read_text
 from sweep.space.trials import base_overrides, expand, factor_names, sample_random, trial_specs, trial_table
 from trainers.config import flatten
 
@@ -51,13 +51,26 @@ def load_space(path: str | Path, confirm: bool = False) -> SpaceFile:
 
     `confirm` lets through a sweep larger than `max_trials` (the CLI's --yes).
     """
-    path = Path(path)
-    text = read_text(path)
-    doc, data = parse(text, str(path))
+    return _load(Path(path), confirm, ())
+
+
+def _validate(doc: Document, data: dict) -> Space:
     try:
-        space = Space.model_validate(data)
+        return Space.model_validate(data)
     except ValidationError as exc:
         raise schema_error(doc, exc) from None
+
+
+def _load(path: Path, confirm: bool, chain: tuple[Path, ...]) -> SpaceFile:
+    text = read_text(path)
+    doc, data = parse(text, str(path))
+    space = _validate(doc, data)
+    base_files: list[tuple[Path, str]] = []
+    if space.base_from is not None:
+        parent = _load_base_from(doc, path, space, chain)
+        doc = doc.with_base_of(parent.doc)
+        space = _validate(doc, {**data, "base": {**parent.model.base, **space.base}})
+        base_files = [(parent.path, parent.text), *parent.base_files]
     trainer = checks.check_trainer(doc, space)
     checks.check_mode(doc, space)
     checks.check_keys(doc, space, set(trainer.known_keys()))
@@ -70,11 +83,27 @@ def load_space(path: str | Path, confirm: bool = False) -> SpaceFile:
         build(doc, trainer, [base_layer(space)])
         built = grid_cells(doc, space, trainer)
         checks.check_baseline(doc, space, built)
-        return SpaceFile(space, path, text, trainer, seeds, built, defaults, doc)
+        return SpaceFile(space, path, text, trainer, seeds, built, defaults, doc, base_files)
     checks.check_size(doc, space, space.samples, f"samples: {space.samples}", confirm)
     build(doc, trainer, [base_layer(space)])
     checks.check_ranges(doc, space, trainer)
-    loaded = SpaceFile(space, path, text, trainer, [], [], defaults, doc)
+    loaded = SpaceFile(space, path, text, trainer, [], [], defaults, doc, base_files)
     if space.search == "random":
         sample_random(loaded, space.seed)  # the driver samples with this seed: refuse a bad combination now
     return loaded
+
+
+def _load_base_from(doc: Document, path: Path, space: Space, chain: tuple[Path, ...]) -> SpaceFile:
+    """The space file that `base_from` names (relative to this file), itself valid, of the same trainer."""
+    target = path.parent / space.base_from
+    here = (*chain, path.resolve())
+    if target.resolve() in here:
+        names = " -> ".join(p.name for p in (*here, target.resolve()))
+        raise doc.error(("base_from",), f"a cycle of base_from ({names})")
+    if not target.is_file():
+        raise doc.error(("base_from",), f"no space file {str(target)!r}")
+    parent = _load(target, True, here)  # its size does not matter: only its base is used
+    if parent.model.trainer != space.trainer:
+        message = f"must be {parent.model.trainer!r}, the trainer of {space.base_from!r} (whose base it uses)"
+        raise doc.error(("trainer",), message)
+    return parent

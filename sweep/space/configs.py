@@ -49,6 +49,7 @@ class SpaceFile:
     grid_cells: list[Cell]  # grid: factorial cells, then extra cells, in file order
     defaults: dict[str, Any]  # the trainer's default config, flattened
     doc: Document = field(repr=False)
+    base_files: list[tuple[Path, str]] = field(default_factory=list)  # `base_from`'s files, nearest first
 
     def __getattr__(self, name: str) -> Any:
         # only called for names the dataclass lacks; guarded so that copy and pickle never recurse

@@ -83,6 +83,7 @@ class Space(_Schema):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=100)
     description: str | None = None
     trainer: str = Field(min_length=1)
+    base_from: str | None = Field(None, min_length=1)  # another space file whose `base:` this one starts from
     base: dict[str, Any] = Field(default_factory=dict)
     factors: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     cells: list[CellEntry] = Field(default_factory=list)
@@ -169,9 +170,9 @@ def schema_error(doc: Document, exc: ValidationError) -> SpaceError:
     found = []
     for order, error in enumerate(exc.errors(include_url=False)):
         parts = tuple(part for part in error["loc"] if part != "[key]")
-        line, depth = locate(doc.root, parts)
+        line, depth, source = locate(doc.root, parts)
         # a missing key has no node: name it in full; otherwise keep only the part of the path that exists in
         # the file (pydantic may append names the user never wrote)
         key = dotted(parts if error["type"] == "missing" else parts[:depth])
-        found.append((line, order, SpaceError(_describe(error), key, line, doc.source)))
+        found.append((line, order, SpaceError(_describe(error), key, line, source)))
     return min(found, key=lambda item: item[:2])[2]

@@ -55,28 +55,53 @@ def _child(node: Node, part: str | int) -> tuple[Node, int] | None:
     return None
 
 
-def locate(root: Node, parts: KeyPath) -> tuple[int, int]:
-    """(line, depth): the line of the deepest node along `parts` that exists, and how many parts matched."""
+def locate(root: Node, parts: KeyPath) -> tuple[int, int, str]:
+    """(line, depth, file): the line of the deepest node along `parts` that exists, how many parts matched,
+    and the file that node was read from (a space's `base:` may hold nodes of the file it names in
+    `base_from`)."""
     node, line = root, root.start_mark.line + 1
     for depth, part in enumerate(parts):
         found = _child(node, part)
         if found is None:
-            return line, depth
+            return line, depth, node.start_mark.name
         node, line = found
-    return line, len(parts)
+    return line, len(parts), node.start_mark.name
 
 
 @dataclass
 class Document:
-    """The composed file, for turning a key path into a SpaceError at the right line."""
+    """The composed file, for turning a key path into a SpaceError at the right file and line."""
 
     source: str
     root: Node
 
     def error(self, parts: KeyPath, message: str, key: str | None = None) -> SpaceError:
         """A SpaceError at the line of `parts`; `key` defaults to the dotted form of `parts`."""
-        line = locate(self.root, parts)[0]
-        return SpaceError(message, dotted(parts) if key is None else key, line, self.source)
+        line, _, source = locate(self.root, parts)
+        return SpaceError(message, dotted(parts) if key is None else key, line, source)
+
+    def with_base_of(self, parent: Document) -> Document:
+        """This file's tree with `parent`'s `base:` entries in front of its own (its own keys win), so that
+        an inherited key is still reported at its line in the parent's file."""
+        own = _child(self.root, "base")
+        inherited = _child(parent.root, "base")
+        if inherited is None or not isinstance(inherited[0], MappingNode):
+            return self
+        if own is not None and not isinstance(own[0], MappingNode):
+            return self  # the schema refuses a `base:` that is not a mapping, at this file's line
+        own_pairs = own[0].value if own is not None else []
+        overridden = {key.value for key, _ in own_pairs if isinstance(key, ScalarNode)}
+        pairs = [(key, value) for key, value in inherited[0].value if key.value not in overridden]
+        template = own[0] if own is not None else inherited[0]
+        base = MappingNode(template.tag, pairs + own_pairs, template.start_mark, template.end_mark)
+        root_pairs = [(key, value) for key, value in self.root.value if key.value != "base"]
+        base_key = next((key for key, _ in self.root.value if key.value == "base"), None)
+        if base_key is None:
+            base_key = next(key for key, _ in parent.root.value if key.value == "base")
+        root = MappingNode(
+            self.root.tag, [*root_pairs, (base_key, base)], self.root.start_mark, self.root.end_mark
+        )
+        return Document(self.source, root)
 
 
 # -- reading YAML safely ------------------------------------------------------------------------------------
@@ -151,6 +176,7 @@ def _check_nodes(doc: Document, node: Node, parts: KeyPath, seen: set[int]) -> N
 def parse(text: str, source: str) -> tuple[Document, dict[str, Any]]:
     """The composed document and its data (a mapping), or SpaceError for anything that is not one."""
     loader = _Loader(text)
+    loader.name = source  # every node's mark names its file: `base_from` mixes nodes of two files
     try:
         root = loader.get_single_node()
         if root is None:
