@@ -150,9 +150,9 @@ def resume_line(sweep: Sweep) -> str:
 # -- stage 3: the tuner --------------------------------------------------------------------------------------
 def make_tuner(sweep: Sweep):
     """Restore the interrupted sweep's Tuner, or build a new one (also for a sweep killed before Tune wrote
-    its state)."""
+    its state, or while it wrote it); None when nothing is left to run."""
     from sweep.callbacks import MlflowTrialCallback, TrialRecorder
-    from sweep.tuner import build_tuner, init_ray, restore_tuner
+    from sweep.tuner import build_tuner, init_ray, restore_tuner, set_aside_unreadable_tune_state
 
     # Every evaluation checkpoints; Tune's warning about the resulting (small) state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -160,13 +160,34 @@ def make_tuner(sweep: Sweep):
     # its classic reporter at verbose=0 is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     init_ray(sweep.args.address or os.environ.get("RAY_ADDRESS"), sweep.args.num_cpus)
-    tuner = restore_tuner(sweep.space, sweep.sweep_dir) if sweep.resumed else None
-    if tuner is None:
-        recorder = TrialRecorder(sweep.tracker, sweep.parent_run_id, sweep.space.trainer)
-        callbacks = [MlflowTrialCallback(recorder)]
-        specs = trial_specs(sweep.space)
-        tuner = build_tuner(sweep.space, specs, sweep.sweep_dir, callbacks, _optuna_storage(sweep))
-    return tuner
+    specs, samples = trial_specs(sweep.space), None
+    if sweep.resumed:
+        lost = set_aside_unreadable_tune_state(sweep.sweep_dir)
+        if lost is None:
+            tuner = restore_tuner(sweep.space, sweep.sweep_dir)
+            if tuner is not None:
+                return tuner
+        else:
+            specs, samples = _unfinished_trials(sweep, specs, lost)
+            if not (specs or samples):
+                return None  # every trial had ended before the kill: nothing is left for Tune to run
+    recorder = TrialRecorder(sweep.tracker, sweep.parent_run_id, sweep.space.trainer)
+    callbacks = [MlflowTrialCallback(recorder)]
+    return build_tuner(sweep.space, specs, sweep.sweep_dir, callbacks, _optuna_storage(sweep), samples)
+
+
+def _unfinished_trials(sweep: Sweep, specs: list, lost: Path) -> tuple[list, int | None]:
+    """(specs, optuna samples) still to run when Tune's own state was lost, read from the trials' MLflow
+    runs: the ended ones are kept as they are, the others start afresh (their checkpoints were Tune's)."""
+    done = sweep.tracker.finished_trial_keys(sweep.parent_run_id)
+    print(
+        f"warning: Ray Tune's state {lost.name.removesuffix('.unreadable')} was cut short (a driver killed "
+        f"while writing it; set aside as {lost.name}): continuing from the trials' MLflow runs, "
+        f"{len(done)} ended trials kept, the others started afresh",
+        file=sys.stderr,
+    )
+    samples = max(sweep.space.samples - len(done), 0) if sweep.space.search == "optuna" else None
+    return [spec for spec in specs if spec.trial_key not in done], samples
 
 
 def _optuna_storage(sweep: Sweep) -> str:
@@ -182,6 +203,8 @@ def fit(sweep: Sweep, tuner):
     from sweep.tuner import quiet_tune
 
     sweep.started = time.perf_counter()
+    if tuner is None:
+        return []
     with SweepProgress(sweep.design.n_trials, sweep.space.trainer), quiet_tune():
         return tuner.fit()
 

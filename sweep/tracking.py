@@ -279,6 +279,11 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def finished_trial_keys(self, parent_run_id: str) -> set[str]:
+        """The trial keys of a parent's child runs that ended (finished or failed)."""
+        runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        return {run.data.tags[TRIAL_TAG] for run in runs if run.info.status in TERMINAL_STATUSES}
+
     def children_statuses(self, parent_run_id: str) -> list[str]:
         """The status of every child run of a parent."""
         runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")

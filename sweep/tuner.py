@@ -8,6 +8,7 @@ are named for people (`model.pos_enc=abs seed 1 (c001-r01)`) and their folders f
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -73,8 +74,9 @@ def _tune_range(spec):
     return tune.loguniform(spec.low, spec.high) if spec.log else tune.uniform(spec.low, spec.high)
 
 
-def tuner_parts(space, specs, sweep_id: str, optuna_storage: str):
-    """(param_space, tune_config) for the space's search mode."""
+def tuner_parts(space, specs, sweep_id: str, optuna_storage: str, samples: int | None = None):
+    """(param_space, tune_config) for the space's search mode; `samples`: how many an optuna search still
+    draws (default: all of the space's)."""
     trainer = space.trainer_spec
     names = {"trial_name_creator": trial_name, "trial_dirname_creator": trial_dirname}
     max_concurrent = space.resources.max_concurrent
@@ -101,12 +103,15 @@ def tuner_parts(space, specs, sweep_id: str, optuna_storage: str):
     )
     limit = max_concurrent or 2  # TPE learns nothing from a batch proposed all at once
     search = ConcurrencyLimiter(searcher, max_concurrent=limit)
-    return param_space, tune.TuneConfig(search_alg=search, num_samples=space.samples, **names)
+    num_samples = space.samples if samples is None else samples
+    return param_space, tune.TuneConfig(search_alg=search, num_samples=num_samples, **names)
 
 
-def build_tuner(space, specs, sweep_dir: Path, callbacks: list, optuna_storage: str) -> tune.Tuner:
+def build_tuner(
+    space, specs, sweep_dir: Path, callbacks: list, optuna_storage: str, samples: int | None = None
+) -> tune.Tuner:
     """A new Tuner writing into `sweep_dir` (named after the sweep, under its storage folder)."""
-    param_space, tune_config = tuner_parts(space, specs, sweep_dir.name, optuna_storage)
+    param_space, tune_config = tuner_parts(space, specs, sweep_dir.name, optuna_storage, samples)
     run_config = tune.RunConfig(
         name=sweep_dir.name,
         storage_path=str(sweep_dir.parent),
@@ -124,9 +129,31 @@ class RestoreFailed(Exception):
     """Tune's saved state of a sweep cannot be loaded (e.g. written by another flipsweep version)."""
 
 
+TUNE_STATE_GLOB = "experiment_state-*.json"  # Tune's experiment state, one file per start of the driver
+
+
+def set_aside_unreadable_tune_state(sweep_dir: Path) -> Path | None:
+    """Tune's newest experiment state, renamed `*.unreadable`, if it does not parse; else None.
+
+    Tune rewrites that file in place, so a driver killed mid-write can leave it empty. Tune's own restore
+    then logs the error and silently starts the experiment again (every trial anew, duplicated); the
+    driver rebuilds the sweep from its own records instead."""
+    states = sorted(sweep_dir.glob(TUNE_STATE_GLOB))
+    if not states:
+        return None
+    try:
+        json.loads(states[-1].read_text())
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        aside = states[-1].with_name(states[-1].name + ".unreadable")
+        states[-1].rename(aside)
+        return aside
+
+
 def restore_tuner(space, sweep_dir: Path) -> tune.Tuner | None:
-    """The Tuner of an interrupted sweep, or None when Tune had not saved its state yet; RestoreFailed (one
-    line) when the state is there but cannot be loaded."""
+    """The Tuner of an interrupted sweep, or None when Tune had not saved its state yet (or saved it only
+    half: see `set_aside_unreadable_tune_state`); RestoreFailed (one line) when the state is there but
+    cannot be loaded."""
     if not tune.Tuner.can_restore(str(sweep_dir)):
         return None
     try:

@@ -366,6 +366,43 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     assert (tmp_path / "incidence.csv").read_text() == (straight_dir / "incidence.csv").read_text()
 
 
+def test_resume_when_the_kill_cut_tunes_own_state_short(tmp_path):
+    """Tune rewrites its experiment state in place; a driver killed mid-write leaves it empty (seen on a busy
+    machine), and Tune's restore would then quietly start every trial again. The resume sets the file aside,
+    keeps the trials that had ended and runs the rest afresh, each still with one MLflow run."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        base={**TINY, "train.steps": 60},
+        replicates=2,
+        resources={"cpus_per_trial": 1, "max_concurrent": 2},
+    )
+    driver = sweep(tmp_path, space, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_a_checkpoint(tmp_path, driver)
+    deadline = time.time() + 300
+    while not [c for c in runs(tmp_path)[2] if c.info.status == "FINISHED"]:  # one trial has ended
+        assert time.time() < deadline and driver.poll() is None, "no trial ended within 300 s"
+        time.sleep(0.5)
+    kill_driver(driver)
+    ended = {c.data.tags["flipsweep.trial_key"] for c in runs(tmp_path)[2] if c.info.status == "FINISHED"}
+    state = sorted((tmp_path / "results").glob("*/experiment_state-*.json"))[-1]
+    state.write_text("")  # what a kill during Tune's write leaves
+    resumed = sweep(tmp_path, space, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning: Ray Tune's state")]
+    assert len(warnings) == 1 and state.name in warnings[0], resumed.stderr[-3000:]
+    assert state.with_name(state.name + ".unreadable").exists()
+    _, parents, children = runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    keys = [c.data.tags["flipsweep.trial_key"] for c in children]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["label"] for c in children} <= {"normal", "reversed", "undecided"}
+    # the trials that had ended were not run again: each still has its one trial folder
+    for key in ended:
+        assert len(list((tmp_path / "results").glob(f"*/{key}_*"))) == 1, key
+
+
 def test_ctrl_c_stops_with_exit_130_and_one_line_on_what_to_do(tmp_path):
     space = write_space(
         tmp_path / "space.yaml",
