@@ -1,11 +1,12 @@
 """A study's report, read back from MLflow: incidence with intervals, the backward phase, the mechanism.
 
-    python -m sweep.report [--experiment NAME] [--sweep ID] [--tracking-uri URI] [--out FILE.md]
-                           [--plots DIR] [--tables DIR]
+    python -m sweep.report [--experiment NAME] [--sweep ID [--sweep ID ...]] [--tracking-uri URI]
+                           [--out FILE.md] [--plots DIR] [--tables DIR]
 
 Prints Markdown (the tables of docs/reproduction.md come from here). Everything per run is what the trial
 recorded (its `TrialOutcome`, read by `sweep.results.load_sweep`), and the comparisons use the design the
-driver recorded on the parent run, so the numbers are the driver's own:
+driver recorded on the parent run, so the numbers are the driver's own. Several `--sweep`s read as one study
+(sweeps that continue it with more seeds, or new cells beside its baseline: `sweep.results.load_sweeps`).
 
 * **Design**: the factors, the baseline cell (declared, or the first natural cell) and the control cells.
 * **Incidence** per cell: normal / reversed / undecided / failed and the reversal rate among decided runs
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from sweep.results import SweepRecord, load_sweep
+from sweep.results import PoolError, SweepRecord, load_sweeps
 from sweep.stats import IncidenceReport
 from sweep.tracking import default_tracking_uri
 from trainers.config import DetectorConfig
@@ -258,13 +259,14 @@ def comparison_lines(stats: IncidenceReport) -> list[str]:
 def report(
     client: MlflowClient,
     experiment: str,
-    sweep_id: str | None = None,
+    sweep_ids: list[str] | None = None,
     plots: Path | None = None,
     tables: Path | None = None,
 ) -> str:
-    """The sweep's report as Markdown; `plots`: also draw every run's curves there; `tables`: also write the
-    statistics there as files (the same files the driver logged to the parent run)."""
-    record = load_sweep(client, experiment, sweep_id)
+    """The sweep's report as Markdown (several ids: the sweeps pooled as one study; none: the newest sweep);
+    `plots`: also draw every run's curves there; `tables`: also write the statistics there as files (the
+    same files the driver logged to the parent run)."""
+    record = load_sweeps(client, experiment, sweep_ids or [])
     stats = record.incidence()
     if tables is not None:
         from sweep.outputs import write_incidence_files
@@ -341,10 +343,11 @@ def report(
     elif len(natural):
         out += ["No natural run reversed, so there is no flipping block to read the mechanism from.", ""]
     if plots is not None:
-        name = record.name.rsplit("-", 2)[0]  # <name>-<date>-<time>
-        out += [f"![{p.stem}]({p.as_posix()})" for p in write_plots(history, finished, plots, name)] + [""]
-    if "sweep/wall_seconds" in record.parent.data.metrics:
-        out += [f"Sweep wall time: {record.parent.data.metrics['sweep/wall_seconds']:.0f} s.", ""]
+        drawn = write_plots(history, finished, plots, record.space_names)
+        out += [f"![{p.stem}]({p.as_posix()})" for p in drawn] + [""]
+    if record.wall_seconds is not None:
+        pooled = f" ({len(record.parents)} sweeps, summed)" if len(record.parents) > 1 else ""
+        out += [f"Sweep wall time: {record.wall_seconds:.0f} s{pooled}.", ""]
     if stats.notes:
         out += ["Notes:", "", *(f"- {note}" for note in stats.notes), ""]
     return "\n".join(out)
@@ -353,7 +356,11 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="flipsweep", help="MLflow experiment name")
-    parser.add_argument("--sweep", help="sweep id (default: the newest sweep in the experiment)")
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        help="sweep id (default: the newest sweep in the experiment); repeat it to read sweeps as one study",
+    )
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
     parser.add_argument("--out", help="also write the Markdown to this file")
     parser.add_argument("--plots", type=Path, help="draw curves of every run into this folder")
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     client = MlflowClient(args.tracking_uri or default_tracking_uri())  # the driver's default store
     try:
         text = report(client, args.experiment, args.sweep, args.plots, args.tables)
-    except LookupError as exc:
+    except (LookupError, PoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(text)

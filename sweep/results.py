@@ -4,6 +4,11 @@
 whose outcome columns come from `TrialOutcome.from_mlflow`, i.e. exactly what each trial recorded. Its
 `incidence()` is the incidence report every reader shows.
 
+`load_sweeps` reads several sweeps that continue one study (more seeds of its cells, or new cells beside them,
+e.g. a `base_from` space run later) as one record: a cell that several sweeps ran must have the same settings
+in each, a (cell, seed) may have an outcome in one sweep only, and a run a sweep left without an outcome is
+dropped where another sweep has that (cell, seed)'s outcome. Trial keys become `<sweep id>/<trial key>`.
+
 Trials frame columns: trial_key, cell, seed, status, run_id, then the outcome's row (label, control, steps
 (done), flip_block, time_to_flip, shifted, early_stopped, failure, one column per verdict figure, e.g.
 attention_direction, backward_evaluations), then one column per design factor (values parsed back from
@@ -26,9 +31,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweep.design import ARTIFACT, SweepDesign
-from sweep.stats import IncidenceReport, incidence_report
-from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, search_all
+from sweep.design import ARTIFACT, CellDesign, SweepDesign
+from sweep.stats import LABELS, IncidenceReport, incidence_report
+from sweep.tracking import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, child_runs
 from trainers.outcome import TrialOutcome
 from trainers.reported import VERDICT_FIGURES
 
@@ -91,7 +96,7 @@ def _no_progress_bar() -> Iterator[None]:
 def trials_frame(client: MlflowClient, parent_run_id: str, factors: list[str]) -> pd.DataFrame:
     """Every child run of the parent as a row (see the module docstring), sorted by trial key."""
     parent = client.get_run(parent_run_id)
-    runs = search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    runs = child_runs(client, parent.info.experiment_id, parent_run_id)
     rows = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
@@ -117,15 +122,33 @@ def trials_frame(client: MlflowClient, parent_run_id: str, factors: list[str]) -
 
 @dataclass
 class SweepRecord:
-    """A sweep as recorded in MLflow: its parent run, its design and its trials."""
+    """A sweep as recorded in MLflow: its parent run, its design and its trials (several parents: sweeps
+    pooled by `load_sweeps`)."""
 
-    parent: Run
+    parents: list[Run]
     design: SweepDesign
     trials: pd.DataFrame
 
     @property
+    def parent(self) -> Run:
+        return self.parents[0]
+
+    @property
     def name(self) -> str:
-        return self.parent.data.tags.get("mlflow.runName", self.parent.info.run_id)
+        return " + ".join(p.data.tags.get("mlflow.runName", p.info.run_id) for p in self.parents)
+
+    @property
+    def space_names(self) -> str:
+        """The sweeps' names without their start times (`<space name>-<date>-<time>`), joined by `+`."""
+        return "+".join(
+            p.data.tags.get("mlflow.runName", p.info.run_id).rsplit("-", 2)[0] for p in self.parents
+        )
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """The sweeps' wall time, summed (None if one of them did not record it)."""
+        walls = [p.data.metrics.get("sweep/wall_seconds") for p in self.parents]
+        return None if None in walls else float(sum(walls))
 
     def incidence(self) -> IncidenceReport:
         """The incidence report over the design's factors against the design's baseline."""
@@ -151,4 +174,97 @@ def load_sweep(
     else:
         raise ValueError("load_sweep needs an experiment name or a parent run id")
     design = read_design(client, parent)
-    return SweepRecord(parent, design, trials_frame(client, parent.info.run_id, design.factors))
+    return SweepRecord([parent], design, trials_frame(client, parent.info.run_id, design.factors))
+
+
+class PoolError(ValueError):
+    """Sweeps that cannot be read as one study (the message says which cell, seed or setting)."""
+
+
+def load_sweeps(client: MlflowClient, experiment: str, sweep_ids: list[str]) -> SweepRecord:
+    """Several sweeps of one experiment read as one study (see the module docstring); one id: `load_sweep`."""
+    if len(sweep_ids) < 2:
+        return load_sweep(client, experiment, sweep_ids[0] if sweep_ids else None)
+    parents = [find_parent(client, experiment, sweep_id) for sweep_id in sweep_ids]
+    designs = [read_design(client, parent) for parent in parents]
+    design = pool_designs(designs)
+    # Each sweep's trials read with the pooled factors: a child run's params hold its whole trial config.
+    frames = [trials_frame(client, parent.info.run_id, design.factors) for parent in parents]
+    return SweepRecord(parents, design, pool_trials(frames, [d.sweep_id for d in designs]))
+
+
+def pool_designs(designs: list[SweepDesign]) -> SweepDesign:
+    """One grid design for sweeps that continue one study: their cells (in first-seen order), factors, seeds
+    and levels united; the baseline is the one declared (at most one may be), else the first sweep's."""
+    first = designs[0]
+    cells: dict[str, tuple[str, CellDesign]] = {}
+    for design in designs:
+        if design.legacy:
+            raise PoolError(
+                f"sweep {design.sweep_id} predates recorded designs: its cells cannot be compared"
+            )
+        if design.search != "grid" or design.trainer != first.trainer:
+            raise PoolError(
+                f"sweep {design.sweep_id} ({design.search}, {design.trainer}) does not pool with "
+                f"{first.sweep_id} ({first.search}, {first.trainer}): only grid sweeps of one trainer do"
+            )
+        for cell in design.cells:
+            if cell.name in cells:
+                _same_cell(*cells[cell.name], design.sweep_id, cell)
+            else:
+                cells[cell.name] = (design.sweep_id, cell)
+    declared = {d.baseline for d in designs if d.baseline_declared}
+    if len(declared) > 1:
+        raise PoolError(f"the sweeps declare different baselines: {sorted(declared)}")
+    baseline = next(iter(declared), first.baseline)
+    levels: dict[str, list[Any]] = {}
+    for design in designs:
+        for key, values in design.levels.items():
+            levels.setdefault(key, [])
+            levels[key] += [v for v in values if v not in levels[key]]
+    return SweepDesign(
+        sweep_id=" + ".join(d.sweep_id for d in designs),
+        space=" + ".join(dict.fromkeys(d.space for d in designs)),
+        trainer=first.trainer,
+        search="grid",
+        factors=list(dict.fromkeys(f for d in designs for f in d.factors)),
+        levels=levels,
+        cells=[cell for _, cell in cells.values()],
+        baseline=baseline,
+        baseline_declared=bool(declared),
+        seeds=sorted({seed for d in designs for seed in d.seeds}),
+    )
+
+
+def _same_cell(sweep_a: str, a: CellDesign, sweep_b: str, b: CellDesign) -> None:
+    """Refuse to pool a cell whose settings differ between two sweeps (compared in their JSON form)."""
+    settings_a, settings_b = (c.model_dump(mode="json")["settings"] for c in (a, b))
+    if settings_a != settings_b or a.control != b.control:
+        differing = sorted(
+            k for k in settings_a.keys() | settings_b.keys() if settings_a.get(k) != settings_b.get(k)
+        )
+        what = (
+            ", ".join(f"{k} = {settings_a.get(k)!r} vs {settings_b.get(k)!r}" for k in differing) or "control"
+        )
+        raise PoolError(f"cell {a.name!r} differs between sweeps {sweep_a} and {sweep_b}: {what}")
+
+
+def pool_trials(frames: list[pd.DataFrame], sweep_ids: list[str]) -> pd.DataFrame:
+    """The sweeps' trials frames as one, with a `sweep` column and keys `<sweep id>/<trial key>`: a (cell,
+    seed) with an outcome in two sweeps is refused; one without an outcome (left unfinished by an interrupted
+    sweep) is dropped where another sweep has that (cell, seed)'s outcome."""
+    parts = [
+        frame.assign(sweep=sweep_id, trial_key=sweep_id + "/" + frame["trial_key"])
+        for frame, sweep_id in zip(frames, sweep_ids, strict=True)
+    ]
+    pooled = pd.concat(parts, ignore_index=True)
+    ended = pooled["label"].isin(LABELS)
+    pair = pd.MultiIndex.from_frame(pooled[["cell", "seed"]])
+    twice = pooled[ended & pair.isin(pair[ended][pair[ended].duplicated()])]
+    if len(twice):
+        first = twice.iloc[0]
+        same = twice[(twice["cell"] == first["cell"]) & (twice["seed"] == first["seed"])]["sweep"]
+        where = " and ".join(same)
+        raise PoolError(f"cell {first['cell']!r} seed {first['seed']} has an outcome in sweeps {where}")
+    superseded = ~ended & pair.isin(pair[ended])
+    return pooled[~superseded].sort_values("trial_key", ignore_index=True)

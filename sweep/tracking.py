@@ -172,6 +172,11 @@ def search_all(client: MlflowClient, experiment_id: str, query: str) -> list:
             return runs
 
 
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    """Every child (trial) run of a sweep's parent run."""
+    return search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+
+
 class Tracker:
     """Thin, picklable wrapper around an MlflowClient for one sweep."""
 
@@ -281,10 +286,9 @@ class Tracker:
 
     def finished_trial_keys(self, parent_run_id: str) -> set[str]:
         """The trial keys of a parent's child runs that ended (finished or failed)."""
-        runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        runs = child_runs(self.client, self.experiment_id, parent_run_id)
         return {run.data.tags[TRIAL_TAG] for run in runs if run.info.status in TERMINAL_STATUSES}
 
     def children_statuses(self, parent_run_id: str) -> list[str]:
         """The status of every child run of a parent."""
-        runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-        return [run.info.status for run in runs]
+        return [run.info.status for run in child_runs(self.client, self.experiment_id, parent_run_id)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,6 +266,56 @@ def test_report_names_a_missing_experiment(two_trial_sweep):
         cwd=ROOT,
     )
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_report_reads_a_study_continued_by_another_sweep_as_one(two_trial_sweep, tmp_path):
+    # The baseline cell again with a new seed, as a sweep of its own (as c6_baseline_seeds.yaml continues c6),
+    # into a copy of the fixture's store (its first sweep must stay the newest for the other tests).
+    first, _ = two_trial_sweep
+    shutil.copy(first / "mlflow.db", tmp_path / "mlflow.db")
+    shutil.copy(first / "tiny.yaml", tmp_path / "tiny.yaml")
+    more = write_space(
+        tmp_path / "more.yaml",
+        name="more",
+        base={"model.layers": 2},
+        base_from="tiny.yaml",
+        factors={"model.ffn_scale": [1.0]},
+        replicates=[1],
+    )
+    done = sweep(tmp_path, more)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parents, _ = runs(tmp_path)
+    ids = [p.data.tags["flipsweep.sweep_id"] for p in sorted(parents, key=lambda p: p.info.start_time)]
+
+    def read(*sweep_ids: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "sweep.report",
+            "--experiment",
+            "test",
+            "--tables",
+            str(tmp_path / "t"),
+        ]
+        command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+        command += [arg for sweep_id in sweep_ids for arg in ("--sweep", sweep_id)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    pooled = read(*ids)
+    assert pooled.returncode == 0, pooled.stderr[-2000:]
+    cells = pd.read_csv(tmp_path / "t" / "incidence.csv").set_index("cell")
+    assert cells.loc[BASELINE, "n"] == 2 and cells.loc["model.ffn_scale=0.5", "n"] == 1
+    trials = pd.read_csv(tmp_path / "t" / TRIALS)
+    assert sorted(zip(trials["cell"], trials["seed"], strict=True)) == [
+        ("model.ffn_scale=0.5", 0),
+        (BASELINE, 0),
+        (BASELINE, 1),
+    ]
+    assert {key.split("/")[0] for key in trials["trial_key"]} == set(ids)
+    assert f"baseline cell: `{BASELINE}` (declared)" in pooled.stdout  # the first sweep's declaration
+    assert "(2 sweeps, summed)" in pooled.stdout
+    twice = read(ids[0], ids[0])  # the same outcomes twice are not a study: one line, exit 2
+    assert twice.returncode == 2 and "has an outcome in sweeps" in twice.stderr
 
 
 # -- a cells-only sweep: a declared baseline, a control, a failing trial -------------------------------------

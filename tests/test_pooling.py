@@ -1,0 +1,126 @@
+"""Sweeps that continue one study, read as one (`sweep.results.pool_designs` / `pool_trials`), on hand-made
+designs and trial tables; the real two-sweep report is in tests/test_sweep.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweep.design import CellDesign, SweepDesign
+from sweep.results import PoolError, pool_designs, pool_trials
+from sweep.space import load_space
+from sweep.stats.tables import label_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {"model.layers": 6, "model.ctc_layers": []}
+CTC = {**BASE, "model.ctc_layers": [2, 4]}
+
+
+def cell(name: str, settings: dict, **values) -> CellDesign:
+    return CellDesign(name=name, values=values, settings=settings, control=False)
+
+
+def design(sweep_id: str, *cells: CellDesign, baseline: str | None = None, **fields) -> SweepDesign:
+    natural = [c.name for c in cells]
+    return SweepDesign(
+        sweep_id=sweep_id,
+        space=sweep_id.rsplit("-", 1)[0],
+        trainer="conformer_aed",
+        search=fields.pop("search", "grid"),
+        factors=fields.pop("factors", []),
+        cells=list(cells),
+        baseline=baseline or natural[0],
+        baseline_declared=baseline is not None,
+        **fields,
+    )
+
+
+def test_a_study_continued_by_more_seeds_and_new_cells_reads_as_one_design():
+    first = design("study-1", cell("baseline", BASE), baseline="baseline", seeds=[0, 1])
+    more_seeds = design("seeds-2", cell("baseline", BASE), seeds=[2, 3])  # its baseline is not declared
+    beside = design(
+        "ctc-3", cell("ctc-aux", CTC, **{"model.ctc_layers": [2, 4]}), factors=["model.ctc_layers"]
+    )
+    pooled = pool_designs([first, more_seeds, beside])
+    assert [c.name for c in pooled.cells] == ["baseline", "ctc-aux"]
+    assert (pooled.baseline, pooled.baseline_declared) == ("baseline", True)
+    assert pooled.factors == ["model.ctc_layers"] and pooled.seeds == [0, 1, 2, 3]
+    assert pooled.sweep_id == "study-1 + seeds-2 + ctc-3"
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (
+            design("other-2", cell("baseline", {**BASE, "model.layers": 4})),
+            "'baseline' differs between sweeps",
+        ),
+        (design("other-2", cell("ctc-aux", CTC), baseline="ctc-aux"), "different baselines"),
+        (design("other-2", cell("baseline", BASE), search="random"), "only grid sweeps"),
+        (design("other-2", cell("baseline", BASE), legacy=True), "predates recorded designs"),
+    ],
+)
+def test_sweeps_that_are_not_one_study_are_refused_with_the_reason(second, message):
+    first = design("study-1", cell("baseline", BASE), cell("ctc-aux", CTC), baseline="baseline")
+    with pytest.raises(PoolError, match=message) as refused:
+        pool_designs([first, second])
+    if "differs" in message:  # the setting that differs, with both values
+        assert "model.layers = 6 vs 4" in str(refused.value) and "study-1 and other-2" in str(refused.value)
+
+
+def frame(*rows: tuple[str, int, str | None]) -> pd.DataFrame:
+    """A trials frame of (cell, seed, label) rows (label None: a run an interrupted sweep left unfinished)."""
+    keys = [f"c000-r{seed:02d}" for _, seed, _ in rows]
+    cells, seeds, labels = zip(*rows, strict=True)
+    return pd.DataFrame({"trial_key": keys, "cell": cells, "seed": seeds, "label": labels})
+
+
+def test_pooled_trials_keep_every_outcome_once_and_drop_runs_another_sweep_finished():
+    # The first sweep was interrupted with seed 2 running and seed 3 not started; the second ran both.
+    first = frame(("baseline", 0, "normal"), ("baseline", 1, "reversed"), ("baseline", 2, None))
+    second = frame(("baseline", 2, "normal"), ("baseline", 3, "undecided"), ("baseline", 4, None))
+    pooled = pool_trials([first, second], ["study-1", "seeds-2"])
+    assert pooled["trial_key"].tolist() == [
+        "seeds-2/c000-r02",
+        "seeds-2/c000-r03",
+        "seeds-2/c000-r04",
+        "study-1/c000-r00",
+        "study-1/c000-r01",
+    ]
+    assert pooled.set_index("seed")["sweep"].to_dict() == {
+        0: "study-1",
+        1: "study-1",
+        2: "seeds-2",
+        3: "seeds-2",
+        4: "seeds-2",
+    }
+    counts = label_counts(pooled["label"])
+    assert (counts["n"], counts["decided"], counts["reversed"], counts["undecided"]) == (5, 3, 1, 1)
+    assert counts["unfinished"] == 1  # seed 4: unfinished everywhere, so still counted as such
+
+
+def test_a_seed_with_an_outcome_in_two_sweeps_is_refused():
+    first = frame(("baseline", 0, "normal"), ("baseline", 1, "normal"))
+    second = frame(("baseline", 1, "failed"))
+    with pytest.raises(
+        PoolError, match="cell 'baseline' seed 1 has an outcome in sweeps study-1 and seeds-2"
+    ):
+        pool_trials([first, second], ["study-1", "seeds-2"])
+    other_cell = frame(("ctc-aux", 1, "normal"))  # the same seed in another cell is another trial
+    assert len(pool_trials([first, other_cell], ["study-1", "ctc-2"])) == 3
+
+
+def test_c6s_mitigation_cells_pool_with_its_baseline_sweeps():
+    """`studies/c6_mitigations.yaml` runs c6's two mitigation cells beside the baseline that ran as
+    `c6_paper_like.yaml` and `c6_baseline_seeds.yaml`: their cells must be the same cells, so that the three
+    sweeps read as one study."""
+    studies = ROOT / "search_spaces" / "studies"
+    spaces = ("c6_paper_like", "c6_baseline_seeds", "c6_mitigations")
+    designs = [SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces]
+    pooled = pool_designs(designs)
+    whole = designs[0]  # c6_paper_like.yaml: all three cells
+    assert pooled.cells == whole.cells and pooled.baseline == "baseline" and pooled.factors == whole.factors
+    assert [c.name for c in designs[2].cells] == ["ctc-aux", "self-attention-off-early"]
