@@ -134,15 +134,18 @@ class SweepRecord:
         return self.parents[0]
 
     @property
+    def run_names(self) -> list[str]:
+        """The parent runs' names, `<space name>-<date>-<time>` (the sweep ids)."""
+        return [p.data.tags.get("mlflow.runName", p.info.run_id) for p in self.parents]
+
+    @property
     def name(self) -> str:
-        return " + ".join(p.data.tags.get("mlflow.runName", p.info.run_id) for p in self.parents)
+        return " + ".join(self.run_names)
 
     @property
     def space_names(self) -> str:
-        """The sweeps' names without their start times (`<space name>-<date>-<time>`), joined by `+`."""
-        return "+".join(
-            p.data.tags.get("mlflow.runName", p.info.run_id).rsplit("-", 2)[0] for p in self.parents
-        )
+        """The sweeps' names without their start times, joined by `+`."""
+        return "+".join(name.rsplit("-", 2)[0] for name in self.run_names)
 
     @property
     def wall_seconds(self) -> float | None:
@@ -260,11 +263,12 @@ def pool_trials(frames: list[pd.DataFrame], sweep_ids: list[str]) -> pd.DataFram
     pooled = pd.concat(parts, ignore_index=True)
     ended = pooled["label"].isin(LABELS)
     pair = pd.MultiIndex.from_frame(pooled[["cell", "seed"]])
-    twice = pooled[ended & pair.isin(pair[ended][pair[ended].duplicated()])]
+    with_outcome = pair[ended]
+    twice = pooled[ended & pair.isin(with_outcome[with_outcome.duplicated()])]
     if len(twice):
         first = twice.iloc[0]
         same = twice[(twice["cell"] == first["cell"]) & (twice["seed"] == first["seed"])]["sweep"]
         where = " and ".join(same)
         raise PoolError(f"cell {first['cell']!r} seed {first['seed']} has an outcome in sweeps {where}")
-    superseded = ~ended & pair.isin(pair[ended])
+    superseded = ~ended & pair.isin(with_outcome)
     return pooled[~superseded].sort_values("trial_key", ignore_index=True)

@@ -111,16 +111,16 @@ def driver_statistics(client: MlflowClient, parent_run_id: str, into: Path) -> P
     return into
 
 
+def run_report(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m sweep.report --experiment test` on the sweep's store in `tmp_path`, with `args`."""
+    command = [sys.executable, "-m", "sweep.report", "--experiment", "test"]
+    command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
 def report_statistics(tmp_path: Path, into: Path) -> str:
     """`sweep.report` on the sweep's store, its statistics written into `into`; returns its Markdown."""
-    done = subprocess.run(
-        [sys.executable, "-m", "sweep.report", "--experiment", "test", "--tables", str(into)]
-        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--plots", str(tmp_path / "img")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    done = run_report(tmp_path, "--tables", str(into), "--plots", str(tmp_path / "img"))
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -288,18 +288,8 @@ def test_report_reads_a_study_continued_by_another_sweep_as_one(two_trial_sweep,
     ids = [p.data.tags["flipsweep.sweep_id"] for p in sorted(parents, key=lambda p: p.info.start_time)]
 
     def read(*sweep_ids: str) -> subprocess.CompletedProcess:
-        command = [
-            sys.executable,
-            "-m",
-            "sweep.report",
-            "--experiment",
-            "test",
-            "--tables",
-            str(tmp_path / "t"),
-        ]
-        command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-        command += [arg for sweep_id in sweep_ids for arg in ("--sweep", sweep_id)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        chosen = [arg for sweep_id in sweep_ids for arg in ("--sweep", sweep_id)]
+        return run_report(tmp_path, "--tables", str(tmp_path / "t"), *chosen)
 
     pooled = read(*ids)
     assert pooled.returncode == 0, pooled.stderr[-2000:]
