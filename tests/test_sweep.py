@@ -111,9 +111,9 @@ def driver_statistics(client: MlflowClient, parent_run_id: str, into: Path) -> P
     return into
 
 
-def run_report(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m sweep.report --experiment test` on the sweep's store in `tmp_path`, with `args`."""
-    command = [sys.executable, "-m", "sweep.report", "--experiment", "test"]
+def run_report(tmp_path: Path, *args: str, experiment: str = "test") -> subprocess.CompletedProcess:
+    """`python -m sweep.report --experiment <experiment>` on the sweep's store in `tmp_path`, with `args`."""
+    command = [sys.executable, "-m", "sweep.report", "--experiment", experiment]
     command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
@@ -257,14 +257,7 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
 
 def test_report_names_a_missing_experiment(two_trial_sweep):
     tmp_path, _ = two_trial_sweep
-    missing = subprocess.run(
-        [sys.executable, "-m", "sweep.report", "--experiment", "nope"]
-        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    missing = run_report(tmp_path, experiment="nope")
     assert missing.returncode == 2 and "nope" in missing.stderr
 
 
