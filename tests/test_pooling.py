@@ -113,14 +113,25 @@ def test_a_seed_with_an_outcome_in_two_sweeps_is_refused():
     assert len(pool_trials([first, other_cell], ["study-1", "ctc-2"])) == 3
 
 
-def test_c6s_mitigation_cells_pool_with_its_baseline_sweeps():
-    """`studies/c6_mitigations.yaml` runs c6's two mitigation cells beside the baseline that ran as
-    `c6_paper_like.yaml` and `c6_baseline_seeds.yaml`: their cells must be the same cells, so that the three
-    sweeps read as one study."""
+@pytest.mark.parametrize(
+    "spaces",
+    [
+        ("c1_long", "c1_long_seeds_4_7"),
+        ("c4_schedule", "c4_schedule_seeds_2_3"),
+        ("c6_paper_like", "c6_baseline_seeds", "c6_mitigations", "c6_mitigations_seeds_0_3"),
+    ],
+    ids=["c1", "c4", "c6"],
+)
+def test_a_studys_continuation_files_pool_with_it(spaces):
+    """A study's missing seeds run as files of their own (`base_from` the study, `replicates: [...]`), and
+    c6's mitigation cells as a sweep beside its baseline: their cells must be the study's cells, setting for
+    setting, and their seeds the study's, so that the sweeps read as one study."""
     studies = ROOT / "search_spaces" / "studies"
-    spaces = ("c6_paper_like", "c6_baseline_seeds", "c6_mitigations")
     designs = [SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces]
     pooled = pool_designs(designs)
-    whole = designs[0]  # c6_paper_like.yaml: all three cells
-    assert pooled.cells == whole.cells and pooled.baseline == "baseline" and pooled.factors == whole.factors
-    assert [c.name for c in designs[2].cells] == ["ctc-aux", "self-attention-off-early"]
+    whole = designs[0]  # the study's own file: every cell and seed
+    assert (
+        pooled.cells == whole.cells and pooled.baseline == whole.baseline and pooled.factors == whole.factors
+    )
+    assert pooled.seeds == whole.seeds
+    assert all(set(part.seeds) <= set(whole.seeds) for part in designs[1:])
