@@ -113,25 +113,35 @@ def test_a_seed_with_an_outcome_in_two_sweeps_is_refused():
     assert len(pool_trials([first, other_cell], ["study-1", "ctc-2"])) == 3
 
 
-@pytest.mark.parametrize(
-    "spaces",
-    [
-        ("c1_long", "c1_long_seeds_4_7"),
-        ("c4_schedule", "c4_schedule_seeds_2_3"),
-        ("c6_paper_like", "c6_baseline_seeds", "c6_mitigations", "c6_mitigations_seeds_0_3"),
-    ],
-    ids=["c1", "c4", "c6"],
-)
-def test_a_studys_continuation_files_pool_with_it(spaces):
-    """A study's missing seeds run as files of their own (`base_from` the study, `replicates: [...]`), and
-    c6's mitigation cells as a sweep beside its baseline: their cells must be the study's cells, setting for
-    setting, and their seeds the study's, so that the sweeps read as one study."""
+def test_c6s_mitigation_cells_pool_with_its_baseline_sweeps():
+    """`studies/c6_mitigations.yaml` (and its first chunk of seeds, `c6_mitigations_seeds_0_3.yaml`) runs c6's
+    two mitigation cells beside the baseline that ran as `c6_paper_like.yaml` and `c6_baseline_seeds.yaml`:
+    their cells must be the same cells, so that the sweeps read as one study."""
     studies = ROOT / "search_spaces" / "studies"
+    spaces = ("c6_paper_like", "c6_baseline_seeds", "c6_mitigations", "c6_mitigations_seeds_0_3")
     designs = [SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces]
     pooled = pool_designs(designs)
-    whole = designs[0]  # the study's own file: every cell and seed
-    assert (
-        pooled.cells == whole.cells and pooled.baseline == whole.baseline and pooled.factors == whole.factors
-    )
-    assert pooled.seeds == whole.seeds
-    assert all(set(part.seeds) <= set(whole.seeds) for part in designs[1:])
+    whole = designs[0]  # c6_paper_like.yaml: all three cells
+    assert pooled.cells == whole.cells and pooled.baseline == "baseline" and pooled.factors == whole.factors
+    for mitigations in designs[2:]:
+        assert [c.name for c in mitigations.cells] == ["ctc-aux", "self-attention-off-early"]
+    assert designs[3].seeds == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("spaces", "baseline"),
+    [
+        (("c1_long", "c1_long_seeds_4_7"), "long"),
+        (("c4_schedule", "c4_schedule_seeds_2_3"), "whole-schedule"),
+    ],
+    ids=["c1", "c4"],
+)
+def test_a_studys_missing_seeds_pool_with_it(spaces, baseline):
+    """A study's missing seeds run as a file of their own (`base_from` the study, `replicates: [...]`): its
+    cell must be the study's cell, setting for setting, and its seeds the study's, so that the two sweeps
+    read as one study."""
+    studies = ROOT / "search_spaces" / "studies"
+    whole, part = (SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces)
+    pooled = pool_designs([whole, part])
+    assert pooled.cells == whole.cells and pooled.baseline == baseline and pooled.factors == whole.factors
+    assert pooled.seeds == whole.seeds and set(part.seeds) < set(whole.seeds)
