@@ -14,7 +14,10 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +28,15 @@ from sweep import exit_codes
 from sweep.design import ARTIFACT, SweepDesign
 from sweep.exit_codes import Exit
 from sweep.space import SpaceFile, trial_specs
-from sweep.state import STATE_FILE, StateError, SweepState, find_resumable, new_state, write_state
+from sweep.state import (
+    HEARTBEAT_SECONDS,
+    STATE_FILE,
+    StateError,
+    SweepState,
+    find_resumable,
+    new_state,
+    write_state,
+)
 from sweep.tracking import (
     TERMINAL_STATUSES,
     Tracker,
@@ -56,10 +67,15 @@ class Sweep:
     client: MlflowClient | None = None
     parent_run_id: str = ""
     started: float = field(default_factory=time.perf_counter)
+    earlier_wall_seconds: float = 0.0  # the parts before this one (a resumed sweep)
 
     @property
     def sweep_id(self) -> str:
         return self.sweep_dir.name
+
+    def wall_seconds(self) -> float:
+        """Wall time of all the sweep's parts so far."""
+        return self.earlier_wall_seconds + time.perf_counter() - self.started
 
 
 # -- stage 1: resolve ----------------------------------------------------------------------------------------
@@ -74,12 +90,14 @@ def resolve(args: argparse.Namespace, space: SpaceFile) -> Sweep:
             raise SweepRefused(f"cannot resume: {exc}") from None
         for problem in skipped:
             print(f"warning: skipping {problem}", file=sys.stderr)
-        state = state.model_copy(update={"status": "running"})
+        state = state.model_copy(update={"status": "running", "parts": state.parts + 1})
     else:
         sweep_dir = root / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         state = new_state(sweep_dir, space.name, uri, space.mlflow.experiment, Path(args.space))
     design = SweepDesign.from_space(space, sweep_dir.name)
-    return Sweep(args, space, sweep_dir, state, bool(args.resume), design)
+    sweep = Sweep(args, space, sweep_dir, state, bool(args.resume), design)
+    sweep.earlier_wall_seconds = state.wall_seconds or 0.0
+    return sweep
 
 
 # -- stage 2: the state file and the parent run --------------------------------------------------------------
@@ -205,15 +223,38 @@ def fit(sweep: Sweep, tuner):
     sweep.started = time.perf_counter()
     if tuner is None:
         return []
-    with SweepProgress(sweep.design.n_trials, sweep.space.trainer), quiet_tune():
+    with heartbeat(sweep), SweepProgress(sweep.design.n_trials, sweep.space.trainer), quiet_tune():
         return tuner.fit()
+
+
+@contextmanager
+def heartbeat(sweep: Sweep) -> Iterator[None]:
+    """Rewrite the state's wall time every `HEARTBEAT_SECONDS` while the trials run, and once more at the
+    end: an interrupted or killed sweep's next part adds its own time to it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            now = sweep.state.model_copy(update={"wall_seconds": sweep.wall_seconds()})
+            write_state(sweep.sweep_dir, now)
+
+    writer = threading.Thread(target=beat, name="flipsweep-state-heartbeat", daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
+        sweep.state = sweep.state.model_copy(update={"wall_seconds": sweep.wall_seconds()})
+        write_state(sweep.sweep_dir, sweep.state)
 
 
 # -- stage 5: finish -----------------------------------------------------------------------------------------
 def finish(sweep: Sweep, results) -> Exit:
     """Record any trial end the callbacks missed, then write incidence statistics to the parent run.
 
-    A resumed sweep's wall time covers only its last part, so its efficiency is not reported."""
+    A resumed sweep's wall time is that of all its parts, but its trials' time is not (a trial cut short
+    repeats its steps since the last checkpoint), so its efficiency is not reported."""
     from sweep.callbacks import TrialRecorder, logging_seconds
     from sweep.outputs import write_incidence_files
     from sweep.progress import make_console
@@ -221,7 +262,7 @@ def finish(sweep: Sweep, results) -> Exit:
     from sweep.stats import incidence_table
     from sweep.tuner import concurrent_slots
 
-    wall = time.perf_counter() - sweep.started
+    wall = sweep.wall_seconds()
     recorder = TrialRecorder(sweep.tracker, sweep.parent_run_id, sweep.space.trainer)
     unfinished, trial_seconds = 0, 0.0
     for result in results:
@@ -245,6 +286,7 @@ def finish(sweep: Sweep, results) -> Exit:
     metrics = {
         **report.metrics(),
         "sweep/wall_seconds": wall,
+        "sweep/parts": sweep.state.parts,
         "sweep/slots": slots,
         "sweep/efficiency": trial_seconds / (wall * slots) if wall > 0 and not sweep.resumed else math.nan,
         "sweep/mlflow_seconds_per_trial": logging_seconds() / max(1, n_finished),
@@ -262,6 +304,7 @@ def finish(sweep: Sweep, results) -> Exit:
     console.print(
         f"efficiency {efficiency} on {slots} slots, "
         f"MLflow {metrics['sweep/mlflow_seconds_per_trial']:.2f} s/trial, wall {wall:.0f} s"
+        + (f" in {sweep.state.parts} parts" if sweep.state.parts > 1 else "")
     )
     if n_failed:
         print(f"{n_failed} of {len(labels)} trials failed (see their runs' error.txt)", file=sys.stderr)

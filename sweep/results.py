@@ -93,10 +93,9 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[name] = before
 
 
-def trials_frame(client: MlflowClient, parent_run_id: str, factors: list[str]) -> pd.DataFrame:
+def trials_frame(client: MlflowClient, parent: Run, factors: list[str]) -> pd.DataFrame:
     """Every child run of the parent as a row (see the module docstring), sorted by trial key."""
-    parent = client.get_run(parent_run_id)
-    runs = child_runs(client, parent.info.experiment_id, parent_run_id)
+    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     rows = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
@@ -177,7 +176,7 @@ def load_sweep(
     else:
         raise ValueError("load_sweep needs an experiment name or a parent run id")
     design = read_design(client, parent)
-    return SweepRecord([parent], design, trials_frame(client, parent.info.run_id, design.factors))
+    return SweepRecord([parent], design, trials_frame(client, parent, design.factors))
 
 
 class PoolError(ValueError):
@@ -192,7 +191,7 @@ def load_sweeps(client: MlflowClient, experiment: str, sweep_ids: list[str]) -> 
     designs = [read_design(client, parent) for parent in parents]
     design = pool_designs(designs)
     # Each sweep's trials read with the pooled factors: a child run's params hold its whole trial config.
-    frames = [trials_frame(client, parent.info.run_id, design.factors) for parent in parents]
+    frames = [trials_frame(client, parent, design.factors) for parent in parents]
     return SweepRecord(parents, design, pool_trials(frames, [d.sweep_id for d in designs]))
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 STATE_FILE = "flipsweep.json"
+HEARTBEAT_SECONDS = 5.0
 
 
 class StateError(Exception):
@@ -37,7 +38,10 @@ class SweepState(BaseModel):
     parent_run_id: str | None = None  # None until the parent run exists
     status: Literal["starting", "running", "complete"] = "starting"
     created: float
+    # The wall time of all its parts (a resumed sweep is run in several): the running part rewrites it every
+    # `HEARTBEAT_SECONDS`, so a driver killed outright loses at most that much of it.
     wall_seconds: float | None = None
+    parts: int = 1
 
 
 def write_state(sweep_dir: Path, state: SweepState) -> None:

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from sweep import driver
 from sweep.design import SweepDesign
 from sweep.exit_codes import Exit, for_labels
 from sweep.progress import SweepProgress
@@ -134,6 +135,25 @@ def test_a_writer_killed_mid_write_leaves_a_whole_state(tmp_path):
             str((SPACES / "quick.yaml").resolve()),
             "x" * 200_000,
         )
+
+
+def test_the_heartbeat_keeps_the_wall_time_of_all_parts(tmp_path, monkeypatch):
+    """While trials run, the state file's wall time keeps up (a driver killed outright loses at most one
+    beat); a resumed sweep starts from it, so its wall time is that of all its parts."""
+    monkeypatch.setattr(driver, "HEARTBEAT_SECONDS", 0.05)
+    space = load_space(SPACES / "quick.yaml")
+    args = SimpleNamespace(storage=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db", resume=None)
+    args.space = str(SPACES / "quick.yaml")
+    first = driver.resolve(args, space)
+    write_state(first.sweep_dir, first.state)
+    with driver.heartbeat(first):
+        time.sleep(0.5)
+        beat = read_state(first.sweep_dir).wall_seconds  # written by the heartbeat, mid-part
+    ended = read_state(first.sweep_dir)  # written once more as the part ends
+    assert beat is not None and 0.2 < beat < ended.wall_seconds and ended.parts == 1
+    second = driver.resolve(SimpleNamespace(**{**vars(args), "resume": "latest"}), space)
+    assert second.state.parts == 2 and second.sweep_dir == first.sweep_dir
+    assert second.wall_seconds() >= ended.wall_seconds  # the first part's time, and this one's
 
 
 # -- exit codes ---------------------------------------------------------------------------------------------

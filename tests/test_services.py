@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -134,7 +135,10 @@ def ray_head():
     # A folder of its own (short: Ray's socket paths must stay under 108 characters) names this head's
     # processes, so that exactly they are stopped: `ray stop` would end every Ray on the machine.
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # Token auth, with a token of its own: whether `ray start` turns it on by default depends on whether
+    # ~/.ray/auth_token exists (an earlier local Ray writes it), and the test must not depend on that.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, "RAY_ADDRESS": "", **auth}
     command = [
         str(BIN / "ray"),
         "start",
@@ -153,7 +157,7 @@ def ray_head():
     ]
     try:
         subprocess.run(command, check=True, capture_output=True, env=env, timeout=120)
-        yield f"127.0.0.1:{port}"
+        yield {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}
     finally:
         stop_processes_naming(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -161,8 +165,8 @@ def ray_head():
 
 def test_sweep_on_a_ray_cluster(tmp_path, ray_head):
     space = write_space(tmp_path / "space.yaml")
-    # A head started with defaults uses token auth; a driver connecting by address must opt in to send it.
-    done = sweep(tmp_path, space, env={"RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "token"})
+    # A head with token auth: a driver connecting by address must opt in and hold the cluster's token.
+    done = sweep(tmp_path, space, env=ray_head)
     assert done.returncode == 0, done.stderr[-3000:]
     _, parents, children = runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2

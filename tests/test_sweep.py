@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweep.outputs import TABLES, TRIALS
-from sweep.state import STATE_FILE
+from sweep.state import STATE_FILE, read_state, write_state
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -91,6 +91,19 @@ def kill_driver(driver: subprocess.Popen) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     psutil.wait_procs(family, timeout=30)
+
+
+def wait_for_a_heartbeat(tmp_path: Path, driver: subprocess.Popen) -> float:
+    """The wall time the running sweep's state file records, once its heartbeat has written one."""
+    deadline = time.time() + 60
+    while True:
+        (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
+        wall = read_state(state_file.parent).wall_seconds
+        if wall is not None:
+            return wall
+        assert time.time() < deadline, "the state file recorded no wall time within 60 s"
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(1)
 
 
 def wait_for_a_checkpoint(tmp_path: Path, driver: subprocess.Popen) -> None:
@@ -347,6 +360,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     )
     driver = sweep(tmp_path, space, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_checkpoint(tmp_path, driver)
+    killed_wall = wait_for_a_heartbeat(tmp_path, driver)
     kill_driver(driver)
     # Read back now, the report counts the runs the kill left without an outcome as unfinished, not as data.
     interrupted = report_statistics(tmp_path, tmp_path / "interrupted")
@@ -359,7 +373,16 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     assert int(cells["n"]) == sum(
         int(cells[k]) for k in ("reversed", "normal", "undecided", "failed", "unfinished")
     )
+    # The killed part's wall time is in the state file. Make it an hour longer, so that the resumed sweep's
+    # total is told apart from its own part's: the total must be the earlier parts' plus this part's.
+    (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
+    killed = read_state(state_file.parent)
+    assert killed.wall_seconds >= killed_wall and killed.parts == 1
+    earlier = killed.wall_seconds + 3600
+    write_state(state_file.parent, killed.model_copy(update={"wall_seconds": earlier}))
+    started = time.perf_counter()
     resumed = sweep(tmp_path, space, "--resume")
+    resume_seconds = time.perf_counter() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # One line says what is resumed; Ray's complaints about trials that had not started stay out of view.
     first = resumed.stdout.splitlines()[0]
@@ -368,12 +391,13 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     )
     assert "Failed to fetch metrics" not in resumed.stdout + resumed.stderr
     assert "Traceback" not in resumed.stderr
-    assert "efficiency n/a (resumed)" in resumed.stdout  # its wall time covers only the second part
+    assert "efficiency n/a (resumed)" in resumed.stdout  # its trials' time repeats the steps the kill lost
+    assert " in 2 parts" in resumed.stdout
     _, parents, children = runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert (
-        "sweep/efficiency" not in parents[0].data.metrics and "sweep/wall_seconds" in parents[0].data.metrics
-    )
+    metrics = parents[0].data.metrics
+    assert "sweep/efficiency" not in metrics and metrics["sweep/parts"] == 2
+    assert earlier < metrics["sweep/wall_seconds"] < earlier + resume_seconds
     keys = [c.data.tags["flipsweep.trial_key"] for c in children]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
