@@ -95,9 +95,8 @@ def resolve(args: argparse.Namespace, space: SpaceFile) -> Sweep:
         sweep_dir = root / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         state = new_state(sweep_dir, space.name, uri, space.mlflow.experiment, Path(args.space))
     design = SweepDesign.from_space(space, sweep_dir.name)
-    sweep = Sweep(args, space, sweep_dir, state, bool(args.resume), design)
-    sweep.earlier_wall_seconds = state.wall_seconds or 0.0
-    return sweep
+    earlier = state.wall_seconds or 0.0  # the parts before this one
+    return Sweep(args, space, sweep_dir, state, bool(args.resume), design, earlier_wall_seconds=earlier)
 
 
 # -- stage 2: the state file and the parent run --------------------------------------------------------------
