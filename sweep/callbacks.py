@@ -20,7 +20,7 @@ from ray import tune
 
 from sweep import progress
 from sweep.registry import get_trainer
-from sweep.tracking import TERMINAL_STATUSES, Tracker
+from sweep.tracking import ENDED_STATUSES, Tracker
 from sweep.trainable import trial_cell, trial_key, trial_overrides, trial_title
 from trainers.config import flatten
 from trainers.outcome import ATTENTION_MAP_KEY, TrialOutcome, attention_maps
@@ -99,7 +99,7 @@ class TrialRecorder:
     def record_completion(self, config: dict[str, Any], trial_id: str, checkpoint_dir: str) -> str:
         """Close the child run from the final checkpoint's outcome; returns the label."""
         run_id = self.run_id(config, trial_id)
-        if self.tracker.status(run_id) in TERMINAL_STATUSES:
+        if self.tracker.status(run_id) in ENDED_STATUSES:
             return self.tracker.client.get_run(run_id).data.tags.get("label", "")
         self.record_attention_maps(config, trial_id, checkpoint_dir)
         with _timed():
@@ -113,7 +113,7 @@ class TrialRecorder:
     def record_failure(self, config: dict[str, Any], trial_id: str, error: str) -> None:
         with _timed():
             run_id = self.run_id(config, trial_id)
-            if self.tracker.status(run_id) in TERMINAL_STATUSES:
+            if self.tracker.status(run_id) in ENDED_STATUSES:
                 return
             overrides = trial_overrides(config, trial_id)
             control = get_trainer(self.trainer).build_config(overrides).model.control != "none"

@@ -38,7 +38,7 @@ from sweep.state import (
     write_state,
 )
 from sweep.tracking import (
-    TERMINAL_STATUSES,
+    ENDED_STATUSES,
     Tracker,
     absolute_uri,
     default_tracking_uri,
@@ -155,7 +155,7 @@ def resume_line(sweep: Sweep) -> str:
     """One line saying what a resumed sweep continues: trials done, started and left to continue, and not
     started (from the trials' MLflow runs)."""
     children = sweep.tracker.children_statuses(sweep.parent_run_id)
-    done = sum(status in TERMINAL_STATUSES for status in children)
+    done = sum(status in ENDED_STATUSES for status in children)
     started = len(children) - done
     total = sweep.design.n_trials
     return (
@@ -274,6 +274,8 @@ def finish(sweep: Sweep, results) -> Exit:
         else:
             unfinished += 1
     if unfinished:
+        sweep.tracker.interrupt(sweep.parent_run_id)
+        write_state(sweep.sweep_dir, sweep.state.model_copy(update={"status": "interrupted"}))
         print(f"interrupted: {unfinished} trials unfinished; continue with --resume", file=sys.stderr)
         return Exit.INTERRUPTED
 

@@ -36,7 +36,7 @@ class SweepState(BaseModel):
     experiment: str
     space_file: str
     parent_run_id: str | None = None  # None until the parent run exists
-    status: Literal["starting", "running", "complete"] = "starting"
+    status: Literal["starting", "running", "interrupted", "complete"] = "starting"
     created: float
     # The wall time of all its parts (a resumed sweep is run in several): the running part rewrites it every
     # `HEARTBEAT_SECONDS`, so a driver killed outright loses at most that much of it.

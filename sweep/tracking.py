@@ -3,7 +3,7 @@
 Every write goes through `MlflowClient.log_batch` with only the keys we want (Ray's MLflowLoggerCallback logs
 each result key with its own call and is ~10x slower). Child runs are found again by the tags
 `flipsweep.sweep_id` + `flipsweep.trial_key`, so a resumed sweep keeps each trial's run: no duplicates, none
-left RUNNING.
+left RUNNING. An interrupted sweep's parent and unfinished trials end KILLED until it is resumed.
 
 The experiment is tagged as a model-training experiment (`mlflow.experimentKind`), so that the MLflow UI
 opens it on its runs table and charts, and every run carries the code it ran: MLflow's source tags (entry
@@ -42,7 +42,10 @@ DIRTY_TAG = "flipsweep.git.dirty"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"  # the MLflow UI's "Machine learning" experiment kind
 MAX_PARAM_LENGTH = 6000
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# A trial whose run ended is not run again. An interrupted sweep marks its parent and its unfinished trials
+# INTERRUPTED (MLflow's KILLED); `--resume` sets them RUNNING again and continues them.
+ENDED_STATUSES = ("FINISHED", "FAILED")
+INTERRUPTED = "KILLED"
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch call
 
 
@@ -284,10 +287,18 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def interrupt(self, parent_run_id: str) -> None:
+        """Mark an interrupted sweep: its unfinished trials' runs and its parent run end INTERRUPTED, so that
+        the MLflow UI shows none of them running; a resume sets them RUNNING again."""
+        for run in child_runs(self.client, self.experiment_id, parent_run_id):
+            if run.info.status not in ENDED_STATUSES:
+                self.client.set_terminated(run.info.run_id, status=INTERRUPTED)
+        self.client.set_terminated(parent_run_id, status=INTERRUPTED)
+
     def finished_trial_keys(self, parent_run_id: str) -> set[str]:
         """The trial keys of a parent's child runs that ended (finished or failed)."""
         runs = child_runs(self.client, self.experiment_id, parent_run_id)
-        return {run.data.tags[TRIAL_TAG] for run in runs if run.info.status in TERMINAL_STATUSES}
+        return {run.data.tags[TRIAL_TAG] for run in runs if run.info.status in ENDED_STATUSES}
 
     def children_statuses(self, parent_run_id: str) -> list[str]:
         """The status of every child run of a parent."""

@@ -460,7 +460,7 @@ def test_resume_when_the_kill_cut_tunes_own_state_short(tmp_path):
         assert len(list((tmp_path / "results").glob(f"*/{key}_*"))) == 1, key
 
 
-def test_ctrl_c_stops_with_exit_130_and_one_line_on_what_to_do(tmp_path):
+def test_ctrl_c_stops_with_exit_130_marks_the_runs_interrupted_and_resumes(tmp_path):
     space = write_space(
         tmp_path / "space.yaml",
         base={**TINY, "train.steps": 200},
@@ -482,6 +482,22 @@ def test_ctrl_c_stops_with_exit_130_and_one_line_on_what_to_do(tmp_path):
     # Ray's notes on trials that had not started, and its own resume advice, stay out of the user's view.
     assert "Failed to fetch metrics" not in out + err and "Tuner.restore" not in out + err
     assert "Traceback" not in err
+    # Nothing in MLflow still reads as running: the parent and the unfinished trials are KILLED.
+    _, parents, children = runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert children and "KILLED" in {c.info.status for c in children}
+    assert {c.info.status for c in children} <= {"KILLED", "FINISHED"}
+    (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
+    assert read_state(state_file.parent).status == "interrupted"
+
+    # --resume continues the KILLED runs in the same runs, starts the rest, and finishes all 4 trials.
+    resumed = sweep(tmp_path, space, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, parents, again = runs(tmp_path)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert {c.info.run_id for c in children} <= {c.info.run_id for c in again}  # continued, not replaced
+    keys = [c.data.tags["flipsweep.trial_key"] for c in again]
+    assert len(keys) == len(set(keys)) == 4 and {c.info.status for c in again} == {"FINISHED"}
 
 
 def test_driver_killed_while_writing_its_state_resumes_and_names_a_broken_state(tmp_path):
