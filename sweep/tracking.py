@@ -224,10 +224,11 @@ class Tracker:
     def child(
         self, parent_run_id: str, trial_key: str, run_name: str, params: dict[str, Any], tags: dict
     ) -> str:
-        """The trial's child run, created on first sight and reused after a resume."""
+        """The trial's child run, created on first sight and reused after a resume (an ended run stays ended;
+        an interrupted one runs again)."""
         existing = self._find(**{SWEEP_TAG: self.sweep_id, TRIAL_TAG: trial_key})
         if existing is not None:
-            if existing.info.status != "FINISHED":
+            if existing.info.status not in ENDED_STATUSES:
                 self.client.update_run(existing.info.run_id, status="RUNNING")
             return existing.info.run_id
         all_tags = {

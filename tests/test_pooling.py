@@ -115,7 +115,7 @@ def test_a_seed_with_an_outcome_in_two_sweeps_is_refused():
 
 def test_c6s_mitigation_cells_pool_with_its_baseline_sweeps():
     """`studies/c6_mitigations.yaml` (and its chunks of seeds, `c6_mitigations_seeds_*.yaml` and
-    `c6_self_attention_off_seeds_4_9.yaml`) runs c6's two mitigation cells beside the baseline that ran as
+    `c6_self_attention_off_seeds_*.yaml`) runs c6's two mitigation cells beside the baseline that ran as
     `c6_paper_like.yaml` and `c6_baseline_seeds.yaml`: their cells must be the same cells, so that the sweeps
     read as one study, and the chunks together must cover its seeds."""
     studies = ROOT / "search_spaces" / "studies"
@@ -128,14 +128,16 @@ def test_c6s_mitigation_cells_pool_with_its_baseline_sweeps():
         "c6_mitigations_seeds_10_13",
         "c6_mitigations_seeds_14_15",
         "c6_self_attention_off_seeds_4_9",
+        "c6_self_attention_off_seeds_8_9",
     )
     designs = [SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces]
     pooled = pool_designs(designs)
     whole = designs[0]  # c6_paper_like.yaml: all three cells
     assert pooled.cells == whole.cells and pooled.baseline == "baseline" and pooled.factors == whole.factors
-    for mitigations in designs[2:-1]:
+    for mitigations in designs[2:-2]:
         assert [c.name for c in mitigations.cells] == ["ctc-aux", "self-attention-off-early"]
-    assert [c.name for c in designs[-1].cells] == ["self-attention-off-early"]
+    for self_attention_off in designs[-2:]:
+        assert [c.name for c in self_attention_off.cells] == ["self-attention-off-early"]
     for cell in ("ctc-aux", "self-attention-off-early"):  # the chunks cover c6_mitigations.yaml's seeds
         chunks = [d for d in designs[3:] if cell in {c.name for c in d.cells}]
         assert sorted({seed for d in chunks for seed in d.seeds}) == designs[2].seeds == list(range(16))

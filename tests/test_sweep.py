@@ -334,6 +334,8 @@ def test_cells_only_sweep_with_a_failure_agrees_everywhere_and_exits_4(tmp_path,
     assert by_cell["nan-loss"].data.tags["label"] == "failed"
     assert "loss became" in by_cell["nan-loss"].data.tags["error"]
     assert by_cell["nan-loss"].data.metrics["verdict/decided"] == 0.0
+    # Recorded once: the driver's last look at the results keeps an ended run ended, and does not redo it.
+    assert len(client.get_metric_history(by_cell["nan-loss"].info.run_id, "verdict/decided")) == 1
     assert {by_cell[c].info.status for c in ("plain", "ctc", "control")} == {"FINISHED"}
     parent = parents[0]
     assert parent.data.metrics["overall/n_failed"] == 1 and parent.data.metrics["control/n"] == 1
