@@ -293,8 +293,8 @@ class Tracker:
         the MLflow UI shows none of them running; a resume sets them RUNNING again."""
         for run in child_runs(self.client, self.experiment_id, parent_run_id):
             if run.info.status not in ENDED_STATUSES:
-                self.client.set_terminated(run.info.run_id, status=INTERRUPTED)
-        self.client.set_terminated(parent_run_id, status=INTERRUPTED)
+                self.finish(run.info.run_id, INTERRUPTED)
+        self.finish(parent_run_id, INTERRUPTED)
 
     def finished_trial_keys(self, parent_run_id: str) -> set[str]:
         """The trial keys of a parent's child runs that ended (finished or failed)."""

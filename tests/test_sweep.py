@@ -93,12 +93,17 @@ def kill_driver(driver: subprocess.Popen) -> None:
     psutil.wait_procs(family, timeout=30)
 
 
+def the_sweep_dir(tmp_path: Path) -> Path:
+    """The folder of the one sweep under `tmp_path`: its state file, Tune's files, the trials'."""
+    (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
+    return state_file.parent
+
+
 def wait_for_a_heartbeat(tmp_path: Path, driver: subprocess.Popen) -> float:
     """The wall time the running sweep's state file records, once its heartbeat has written one."""
     deadline = time.time() + 60
     while True:
-        (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
-        wall = read_state(state_file.parent).wall_seconds
+        wall = read_state(the_sweep_dir(tmp_path)).wall_seconds
         if wall is not None:
             return wall
         assert time.time() < deadline, "the state file recorded no wall time within 60 s"
@@ -377,11 +382,10 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     )
     # The killed part's wall time is in the state file. Make it an hour longer, so that the resumed sweep's
     # total is told apart from its own part's: the total must be the earlier parts' plus this part's.
-    (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
-    killed = read_state(state_file.parent)
+    killed = read_state(the_sweep_dir(tmp_path))
     assert killed.wall_seconds >= killed_wall and killed.parts == 1
     earlier = killed.wall_seconds + 3600
-    write_state(state_file.parent, killed.model_copy(update={"wall_seconds": earlier}))
+    write_state(the_sweep_dir(tmp_path), killed.model_copy(update={"wall_seconds": earlier}))
     started = time.perf_counter()
     resumed = sweep(tmp_path, space, "--resume")
     resume_seconds = time.perf_counter() - started
@@ -489,8 +493,7 @@ def test_ctrl_c_stops_with_exit_130_marks_the_runs_interrupted_and_resumes(tmp_p
     assert [p.info.status for p in parents] == ["KILLED"]
     assert children and "KILLED" in {c.info.status for c in children}
     assert {c.info.status for c in children} <= {"KILLED", "FINISHED"}
-    (state_file,) = (tmp_path / "results").glob(f"*/{STATE_FILE}")
-    assert read_state(state_file.parent).status == "interrupted"
+    assert read_state(the_sweep_dir(tmp_path)).status == "interrupted"
 
     # --resume continues the KILLED runs in the same runs, starts the rest, and finishes all 4 trials.
     resumed = sweep(tmp_path, space, "--resume")
