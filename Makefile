@@ -21,7 +21,7 @@ browser:  ## Debian's chromium, for the MLflow-UI browser test
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium unavailable: the MLflow-UI browser test will be skipped"
 
-espeak:  ## Debian's espeak-ng, which speaks the rendered test corpus (trainers/speak.py)
+espeak:  ## Debian's espeak-ng, which speaks the rendered test corpus (trainers/speech/speak.py)
 	@command -v espeak-ng >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) \
 		|| echo "espeak-ng unavailable: the speech tests will be skipped"
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from benchmarks.trial import flops_per_step, matmul_peak
 from trainers.config import build_config, parse_assignment
-from trainers.gradients import gradient_maps
+from trainers.detector.gradients import gradient_maps
 from trainers.train import Trial
 
 STUDY_1 = {

@@ -22,9 +22,9 @@ import soundfile
 import torch
 
 from trainers.config import build_config
-from trainers.features import log_mel
-from trainers.speak import RenderConfig, render_corpus
-from trainers.speech_sources import quiet_lhotse, scan_librispeech
+from trainers.speech.features import log_mel
+from trainers.speech.sources import quiet_lhotse, scan_librispeech
+from trainers.speech.speak import RenderConfig, render_corpus
 from trainers.train import Trial
 
 

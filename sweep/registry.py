@@ -41,7 +41,7 @@ TRAINERS: dict[str, TrainerSpec] = {
         reports=conformer_reported.is_reported,
         metric_names=conformer_reported.SCALARS,
         total_steps=lambda config: config.train.steps,
-        prepare_data="trainers.speech:prepare_trial_data",
+        prepare_data="trainers.speech.corpus:prepare_trial_data",
     ),
 }
 

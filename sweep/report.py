@@ -38,7 +38,7 @@ from sweep.results import PoolError, SweepRecord, load_sweeps
 from sweep.stats import IncidenceReport
 from sweep.tracking import default_tracking_uri
 from trainers.config import DetectorConfig
-from trainers.verdict import reads_reversed
+from trainers.detector.verdict import reads_reversed
 
 # The detector's own default, for runs that did not log the key.
 DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default

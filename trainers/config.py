@@ -289,7 +289,7 @@ class DetectorConfig(_Section):
 class SpeechConfig(_Section):
     """Real audio (data.source: audio): where the corpus is and how it becomes features and labels.
 
-    Read by trainers/speech.py; the corpus scan (missing paths and files, empty transcripts, unreadable
+    Read by trainers/speech/corpus.py; the corpus scan (missing paths and files, empty transcripts, unreadable
     audio, other sample rates) runs before a trial or sweep writes anything."""
 
     root: str = Field(

@@ -31,35 +31,20 @@ Shapes: T input frames (10 ms), F features, N labels, W words.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import numpy as np
 import torch
 from scipy.ndimage import uniform_filter1d
 
-from trainers.config import DataConfig, TrialConfig
+from trainers.config import DataConfig
+from trainers.corpus import HELDOUT_STREAM, Corpus, Span, Utterance
 
-EOS = 0  # also BOS, as in the paper; labels are 1..vocab_size - 1
-_HELDOUT_STREAM = 2**31 - 1  # a stream id no trial seed uses for training
 _BUCKET_STREAM = 2  # stream tag of bucketed pools (tag 1: independent batches)
 LOG_DECADES_PER_UNIT = 1.0 / 3.0  # log_mel: one prototype unit is a third of a decade of energy
 
-Span = tuple[int, int]  # [start, end) in input frames
-
 
 # ----------------------------------------------------------------------------------------------------------
-# Utterances and batches
-
-
-@dataclass
-class Utterance:
-    """One utterance. `spans` is the reference alignment: one [start, end) per *word*, or None when the
-    corpus has none. `word_index` (N,) maps each label to its word; None means every label is a word."""
-
-    features: np.ndarray  # (T, F) float32
-    labels: np.ndarray  # (N,) int64 in 1..vocab_size - 1
-    spans: list[Span] | None
-    word_index: np.ndarray | None = None
+# Batches
 
 
 @dataclass
@@ -122,28 +107,6 @@ def collate(utterances: list[Utterance], pad_value: float = 0.0) -> Batch:
         word_index=[u.word_index for u in utterances],
         pad_value=float(pad_value),
     )
-
-
-class CorpusError(ValueError):
-    """Bad corpus input (a missing file, an empty transcript, unreadable audio, ...): `path` names the file.
-    Raised before anything is written; the command-line entry points exit 2 with this one message."""
-
-    def __init__(self, path: str | object, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = str(path)
-        self.message = message
-
-
-class Corpus(Protocol):
-    """A source of utterances. `sample` must be a pure function of the generator's state."""
-
-    feature_dim: int
-    vocab_size: int  # labels 1..vocab_size - 1 plus EOS = 0
-    pad_value: float
-
-    def sample(self, rng: np.random.Generator, size: int) -> list[Utterance]: ...
-
-    def heldout(self, size: int) -> list[Utterance]: ...
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,17 +240,8 @@ class SyntheticCorpus:
 
     def heldout(self, size: int) -> list[Utterance]:
         """A fixed held-out set, the same for every trial of this corpus."""
-        return self.sample(np.random.default_rng([self.cfg.seed, _HELDOUT_STREAM]), size)
+        return self.sample(np.random.default_rng([self.cfg.seed, HELDOUT_STREAM]), size)
 
     # Convenience for tests and probes: the batch a trial with this seed trains on at this step (no buckets).
     def train_batch(self, seed: int, step: int, size: int) -> Batch:
         return TrainStream(self, (self.cfg.seed, seed), size).batch(step)
-
-
-def make_corpus(config: TrialConfig) -> Corpus:
-    """The corpus a trial config names (`data.source`)."""
-    if config.data.source == "audio":
-        from trainers.speech import SpeechCorpus  # lazy: synthetic trials never import the speech stack
-
-        return SpeechCorpus(config.speech, config.data.seed)
-    return SyntheticCorpus(config.data)

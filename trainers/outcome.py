@@ -7,7 +7,7 @@ notebook. Nothing downstream recomputes a label or a figure from curves.
 
 Numeric verdict figures (the backward phase, the flip mechanism, the last evaluation's directions, ...) travel
 generically in `figures`: the names are declared in `trainers.reported.VERDICT_FIGURES`, and a new figure is
-one line there plus its computation in `trainers.verdict.verdict`.
+one line there plus its computation in `trainers.detector.verdict.verdict`.
 
 On an MLflow run (names fixed here, read back by `from_mlflow`):
 
@@ -72,7 +72,7 @@ class TrialOutcome(BaseModel):
     early_stopped: bool = False
     flip_block: int | None = None  # first block from which every later block reads reversed
     time_to_flip: int | None = None  # first step from which the label stays reversed
-    shifted: bool = False  # monotonic attention that misses the true spans (see trainers.detector)
+    shifted: bool = False  # monotonic attention that misses the true spans (see trainers.detector.evaluate)
     figures: dict[str, float] = Field(default_factory=dict)
     cost: TrialCost = Field(default_factory=TrialCost)
     failure: str | None = None  # a failed trial's error, last line
@@ -94,8 +94,8 @@ class TrialOutcome(BaseModel):
     def from_verdict(
         cls, verdict: dict[str, Any], *, control: bool, steps_done: int, early_stopped: bool, cost: TrialCost
     ) -> TrialOutcome:
-        """The outcome of a finished trial from `trainers.verdict.verdict`'s dict: its label, flip block,
-        time to flip and shifted flag, and every other number as a figure."""
+        """The outcome of a finished trial from `trainers.detector.verdict.verdict`'s dict: its label, flip
+        block, time to flip and shifted flag, and every other number as a figure."""
         fixed = {"label", "flip_block", "time_to_flip", "shifted", "step"}  # step: the same as steps_done
         figures = {name: value for name, value in verdict.items() if name not in fixed}
         return cls(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-# Evaluation fields reported as they are (trainers.verdict.Evaluation.metrics).
+# Evaluation fields reported as they are (trainers.detector.verdict.Evaluation.metrics).
 EVALUATION_FIELDS = (
     "step",
     "loss",
@@ -23,7 +23,7 @@ EVALUATION_FIELDS = (
     "cross_initial_mass",  # cross-attention mass on the first detector.initial_frames encoder frames
     "cross_initial_lift",  # ... relative to uniform attention
 )
-# The backward phase so far (trainers.verdict.transient), in every report and at the end.
+# The backward phase so far (trainers.detector.verdict.transient), in every report and at the end.
 RUNNING_PHASE = (
     "min_attention_direction",
     "max_reversal_score",
@@ -57,7 +57,7 @@ def is_reported(name: str) -> bool:
     return name in SCALARS or _PER_BLOCK.fullmatch(name) is not None
 
 
-# The run's summary figures: the numbers in trainers.verdict.verdict besides label, flip_block,
+# The run's summary figures: the numbers in trainers.detector.verdict.verdict besides label, flip_block,
 # time_to_flip, shifted and step. They travel in trainers.outcome.TrialOutcome.figures, are logged as
 # `verdict/<name>` on the trial's MLflow run and become columns of a sweep's trials table. A new figure:
 # compute it in verdict() and add its name here (per-block figures: the name before `_<block>` in
@@ -75,12 +75,12 @@ VERDICT_FIGURES = (
     "attention_focus",
     "attention_backward_fraction",
     "cross_initial_lift",
-    # the backward phase (trainers.verdict.transient)
+    # the backward phase (trainers.detector.verdict.transient)
     *RUNNING_PHASE,
     "backward_first_step",
     "backward_last_step",
     "reversed_encoder_evaluations",  # attention, G_0 and last block all read as a flip (trap or not)
-    # the flip mechanism of a reversed run's flipping block (trainers.verdict.flip_mechanism)
+    # the flip mechanism of a reversed run's flipping block (trainers.detector.verdict.flip_mechanism)
     "mhsa_ffn_ratio_before",
     "mhsa_ffn_ratio_after",
     "mhsa_residual_ratio_before",

@@ -34,14 +34,15 @@ from trainers.config import (
     parse_assignment,
     to_commented_yaml,
 )
-from trainers.data import CorpusError, TrainStream, heldout_batches, make_corpus
-from trainers.detector import evaluate
-from trainers.model import ConformerAED
+from trainers.corpus import Corpus, CorpusError
+from trainers.data import SyntheticCorpus, TrainStream, heldout_batches
+from trainers.detector.evaluate import evaluate
+from trainers.detector.plots import plot_attention, plot_gradients
+from trainers.detector.verdict import Evaluation, should_stop, transient, verdict
+from trainers.model.aed import ConformerAED
 from trainers.outcome import RESULT_FILE, TrialCost, TrialOutcome, attention_map_path
-from trainers.plots import plot_attention, plot_gradients
 from trainers.reported import RUNNING_PHASE
 from trainers.specaugment import spec_augment
-from trainers.verdict import Evaluation, should_stop, transient, verdict
 
 # report(metrics, checkpoint_dir): called after every evaluation; checkpoint_dir is set when resumable state
 # was just saved there (the Ray wrapper turns it into a Tune checkpoint).
@@ -65,6 +66,17 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     if progress < 0.9:
         return cfg.lr_peak + (cfg.lr_start - cfg.lr_peak) * (progress - warmup) / (0.9 - warmup)
     return cfg.lr_start + (cfg.lr_final - cfg.lr_start) * (progress - 0.9) / 0.1
+
+
+def make_corpus(config: TrialConfig) -> Corpus:
+    """The corpus a trial config names (`data.source`): the synthetic one, or speech read from disk."""
+    if config.data.source == "audio":
+        from trainers.speech.corpus import (
+            SpeechCorpus,  # lazy: synthetic trials never import the speech stack
+        )
+
+        return SpeechCorpus(config.speech, config.data.seed)
+    return SyntheticCorpus(config.data)
 
 
 def _device(cfg: TrainConfig) -> torch.device:

@@ -2,11 +2,11 @@
 the old studies' code paths train exactly as they did at commit 498ad1b (before the paper's conditions
 were added), and the detector reads them the same.
 
-The reference numbers in `tests/golden/defaults_498ad1b.json` were recorded by this module run as a script
-in a checkout of that commit: `git worktree add /tmp/old 498ad1b && cd /tmp/old && PYTHONPATH=/tmp/old
-python /path/to/tests/test_defaults_reproduce.py out.json`. One deliberate change is not compared: the
-gradient maps are now read at the padding the attention is read at (before, at the utterances' own
-padding), so their directions differ where padding is un-masked; with zeroed padding they are compared.
+The reference numbers in `tests/trainers/golden/defaults_498ad1b.json` were recorded by this module run as a
+script in a checkout of that commit: `git worktree add /tmp/old 498ad1b && cd /tmp/old && PYTHONPATH=/tmp/old
+python /path/to/test_defaults_reproduce.py out.json`. One deliberate change is not compared: the gradient maps
+are now read at the padding the attention is read at (before, at the utterances' own padding), so their
+directions differ where padding is un-masked; with zeroed padding they are compared.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers.config import ModelConfig
-from trainers.layers import apply_center_attention, center_attention_lambda, masked_softmax, sinusoids
+from trainers.model.layers import apply_center_attention, center_attention_lambda, masked_softmax, sinusoids
 
 
 class AdditiveAttention(nn.Module):

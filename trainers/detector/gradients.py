@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainers.alignment import gradient_scores_to_log, viterbi_align
-from trainers.data import Batch, Span
+from trainers.corpus import Span
+from trainers.data import Batch
+from trainers.detector.alignment import gradient_scores_to_log, viterbi_align
 
 DEFAULT_CHUNK = 64
 

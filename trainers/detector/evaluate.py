@@ -2,7 +2,7 @@
 
 Schmitt et al. (ICASSP 2025) find that an AED's encoder sometimes learns to reverse time; the decoder's
 cross-attention then *decreases* monotonically over the labels. At every evaluation we read, on a fixed
-held-out set (`trainers.readings`, `trainers.gradients`):
+held-out set (`trainers.detector.readings`, `trainers.detector.gradients`):
 
 1. **Attention**: per utterance the direction of the cross-attention (+1 diagonal, -1 anti-diagonal), its
    focus (mean peak relative to uniform), and the fraction of utterances reading backwards (a flip that hits
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers.alignment import time_stamp_error
 from trainers.config import DetectorConfig
 from trainers.data import Batch
-from trainers.gradients import gradient_alignment, gradient_maps
-from trainers.readings import (
+from trainers.detector.alignment import time_stamp_error
+from trainers.detector.gradients import gradient_alignment, gradient_maps
+from trainers.detector.readings import (
     as_numpy,
     attention_argmax,
     attention_readings,
@@ -46,7 +46,7 @@ from trainers.readings import (
     self_initial_links,
     word_spans,
 )
-from trainers.verdict import Evaluation, classify, focused
+from trainers.detector.verdict import Evaluation, classify, focused
 
 FRAME_MS = 10.0  # one input frame
 ATTENTION_PLOT_UTTERANCES = 3

@@ -7,15 +7,15 @@
    alignments in the LibriSpeech-Alignments format (`<speaker>-<chapter>.alignment.txt`). A user's own data
    comes as a lhotse CutSet manifest, which every lhotse recipe (and `lhotse` itself, from Kaldi data dirs)
    writes. Word alignments may come with the corpus, as lhotse alignment items, or from a CTM file (lhotse's
-   reader) or a folder of TextGrids (praatio). Before lhotse sees a corpus, `trainers.speech_sources` checks
+   reader) or a folder of TextGrids (praatio). Before lhotse sees a corpus, `trainers.speech.sources` checks
    it, because lhotse's recipe logs a warning and *skips* a transcript line whose audio is missing and accepts
    any sample rate: here every bad input is a `CorpusError` naming the file.
-2. **Features** (`trainers.features`): the paper's 80-dim log-mel, computed once per corpus subset and
+2. **Features** (`trainers.speech.features`): the paper's 80-dim log-mel, computed once per corpus subset and
    stored as one (frames, 80) array (`features.npy`, memory-mapped by every trial) plus `index.json`
    (ids, transcripts, frame offsets, word spans). The cache key covers the feature definition, the source
    and a fingerprint of its transcripts/manifest/alignments, so editing the corpus rebuilds it. Builds are
    atomic (a temporary folder renamed into place) and locked, so concurrent trials build a subset once.
-3. **Labels** (`trainers.tokens`): BPE (sentencepiece, `speech.vocab_size` pieces, the paper's 1k) or
+3. **Labels** (`trainers.speech.tokens`): BPE (sentencepiece, `speech.vocab_size` pieces, the paper's 1k) or
    characters, learned from the training transcripts (after the duration filter) and cached beside the
    features; label 0 stays EOS/BOS.
 
@@ -59,20 +59,19 @@ from typing import Any
 import numpy as np
 
 from trainers.config import SpeechConfig
-from trainers.data import CorpusError, Span, Utterance
-from trainers.features import LOG_FLOOR, PAPER, LogMelSpec, log_mel
-from trainers.speech_sources import (
+from trainers.corpus import HELDOUT_STREAM, CorpusError, Span, Utterance
+from trainers.speech.features import LOG_FLOOR, PAPER, LogMelSpec, log_mel
+from trainers.speech.sources import (
     aligned_word_spans,
     external_alignments,
     librispeech_cuts,
     manifest_cuts,
 )
-from trainers.tokens import Tokenizer, load_tokenizer, normalise, train_tokenizer
+from trainers.speech.tokens import Tokenizer, load_tokenizer, normalise, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-_HELDOUT_STREAM = 2**31 - 1  # as in the synthetic corpus: a stream no trial seed uses for training
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -350,7 +349,7 @@ class SpeechCorpus:
     def heldout(self, size: int) -> list[Utterance]:
         """The detector's fixed utterances: the held-out subset's (in a fixed shuffled order), else a fixed
         draw without replacement from the training utterances. Fewer than `size` if the subset is smaller."""
-        rng = np.random.default_rng([self.seed, _HELDOUT_STREAM])
+        rng = np.random.default_rng([self.seed, HELDOUT_STREAM])
         if self.heldout_part is not None:
             order = rng.permutation(len(self.heldout_part.rows))[:size]
             return [self.heldout_part.utterance(int(i)) for i in order]

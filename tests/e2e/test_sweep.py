@@ -24,7 +24,7 @@ from sweep.state import STATE_FILE, read_state, write_state
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 BASELINE = "model.ffn_scale=1.0"  # declared, and not the first cell
 STATISTICS = (*TABLES, "model_summary.txt")  # what the driver, the report and the notebook must agree on

@@ -1,6 +1,6 @@
 """A spoken corpus made here: espeak-ng reads random word sequences, written in the LibriSpeech layout.
 
-    python -m trainers.speak --out DIR --utterances N [--dev-utterances M] [--speakers K] [--seed S]
+    python -m trainers.speech.speak --out DIR --utterances N [--dev-utterances M] [--speakers K] [--seed S]
 
 No speech corpus can be downloaded in this environment, but Debian's `espeak-ng` can speak. Each utterance is
 rendered word by word: every word is synthesised on its own by one of K speakers (an espeak-ng voice with
@@ -35,7 +35,7 @@ import numpy as np
 import soundfile
 from scipy.signal import lfilter, resample_poly
 
-from trainers.features import SAMPLE_RATE
+from trainers.speech.features import SAMPLE_RATE
 
 ESPEAK = "espeak-ng"
 ESPEAK_RATE = 22_050  # espeak-ng's output rate
@@ -242,7 +242,9 @@ def render_corpus(out: Path, cfg: RenderConfig, log=print) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainers.speak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers.speech.speak", description=__doc__.split("\n\n")[0]
+    )
     defaults = RenderConfig()
     parser.add_argument("--out", required=True, help="corpus folder to create (must not hold train/ or dev/)")
     parser.add_argument("--utterances", type=int, default=defaults.utterances, help="train utterances")

@@ -1,7 +1,7 @@
 """Figures of one detector evaluation: cross-attention against the true spans, and per-block gradient maps.
 
-Both read `Evaluation.arrays` (see `trainers.detector`). Figures are drawn on the Agg canvas without pyplot,
-so nothing is registered globally (safe in workers and notebooks) and each figure is freed once saved.
+Both read `Evaluation.arrays` (see `trainers.detector.evaluate`). Figures are drawn on the Agg canvas without
+pyplot, so nothing is registered globally (safe in workers and notebooks) and each figure is freed once saved.
 An evaluation without arrays (e.g. restored from an old checkpoint) gives a figure that says so.
 """
 

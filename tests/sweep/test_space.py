@@ -22,8 +22,8 @@ from sweep.space import (
     trial_table,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-BAD = sorted((ROOT / "tests" / "bad_spaces").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+BAD = sorted((ROOT / "tests" / "sweep" / "bad_spaces").glob("*.yaml"))
 EXPECT = re.compile(r"# expect: key=(?P<key>\S*) line=(?P<line>\d+|None)$")
 
 

@@ -7,8 +7,8 @@ import torch
 
 from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import POS_ENCODINGS, build_config
-from trainers.conformer import MaskedBatchNorm
-from trainers.model import ConformerAED, reverse_valid_frames, subsampled_lengths
+from trainers.model.aed import ConformerAED, reverse_valid_frames, subsampled_lengths
+from trainers.model.conformer import MaskedBatchNorm
 
 SMALL = {**TINY_MODEL, "model.decoder_layers": 2, "model.decoder_heads": 2}
 

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from tests.conftest import TINY
 from trainers.config import build_config
+from trainers.detector.verdict import Evaluation, transient
 from trainers.outcome import TrialCost, TrialOutcome, attention_maps
 from trainers.reported import VERDICT_FIGURES, is_verdict_figure
 from trainers.train import run_trial
-from trainers.verdict import Evaluation, transient
 
 
 def outcome(label: str = "reversed", **figures: float) -> TrialOutcome:

@@ -21,7 +21,7 @@ from sweep.progress import SweepProgress
 from sweep.space import load_space
 from sweep.state import STATE_FILE, StateError, find_resumable, new_state, read_state, write_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACES = ROOT / "search_spaces"
 
 

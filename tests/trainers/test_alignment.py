@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainers.alignment import gradient_scores_to_log, time_stamp_error, viterbi_align
+from trainers.detector.alignment import gradient_scores_to_log, time_stamp_error, viterbi_align
 
 HIGH, LOW, BLANK = 0.0, -10.0, -4.0
 

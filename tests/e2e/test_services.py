@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ALIGNING
-from tests.test_sweep import ROOT, runs, sweep, write_space
+from tests.e2e.test_sweep import ROOT, runs, sweep, write_space
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -13,8 +13,8 @@ import torch
 from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import ConfigError, build_config
 from trainers.data import SyntheticCorpus, TrainStream, heldout_batches
-from trainers.layers import Dropout, sinusoids
-from trainers.model import ConformerAED
+from trainers.model.aed import ConformerAED
+from trainers.model.layers import Dropout, sinusoids
 from trainers.specaugment import paper_mask_counts, spec_augment
 
 

@@ -4,7 +4,7 @@ and word alignments (LibriSpeech-Alignments, lhotse items, CTM, TextGrid) into f
 Every bad input is a `CorpusError` naming its file, raised before anything is written: lhotse's LibriSpeech
 recipe alone would log a warning and *skip* a transcript line whose audio is missing, and accept any sample
 rate, so `scan_librispeech` and `check_cuts` look at the corpus before lhotse does. Used by
-`trainers.speech`, which caches the features and serves the corpus.
+`trainers.speech.corpus`, which caches the features and serves the corpus.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import soundfile
 
-from trainers.data import CorpusError, Span
-from trainers.features import PAPER, LogMelSpec
-from trainers.tokens import normalise
+from trainers.corpus import CorpusError, Span
+from trainers.speech.features import PAPER, LogMelSpec
+from trainers.speech.tokens import normalise
 
 SILENCE = {"", "<eps>", "sil", "sp", "spn", "<sil>", "!sil", "<s>", "</s>", "<blank>"}  # lower-cased
 

@@ -1,5 +1,5 @@
 """Sweeps that continue one study, read as one (`sweep.results.pool_designs` / `pool_trials`), on hand-made
-designs and trial tables; the real two-sweep report is in tests/test_sweep.py."""
+designs and trial tables; the real two-sweep report is in tests/e2e/test_sweep.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sweep.results import PoolError, pool_designs, pool_trials
 from sweep.space import load_space
 from sweep.stats.tables import label_counts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = {"model.layers": 6, "model.ctc_layers": []}
 CTC = {**BASE, "model.ctc_layers": [2, 4]}

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.config import ModelConfig
-from trainers.conformer import ConformerBlock
-from trainers.decoders import LSTMDecoder, TransformerDecoder
-from trainers.layers import Dropout, lengths_to_mask, sinusoids
+from trainers.corpus import EOS
+from trainers.model.conformer import ConformerBlock
+from trainers.model.decoders import LSTMDecoder, TransformerDecoder
+from trainers.model.layers import Dropout, lengths_to_mask, sinusoids
 
-EOS = 0  # also BOS, as in the paper
 FRONTEND_TIME_STRIDES: dict[int, tuple[int, int, int]] = {4: (1, 2, 2), 6: (1, 3, 2)}
 
 

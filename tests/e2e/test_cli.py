@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BAD = sorted((ROOT / "tests" / "bad_spaces").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+BAD = sorted((ROOT / "tests" / "sweep" / "bad_spaces").glob("*.yaml"))
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.config import ModelConfig
-from trainers.layers import Dropout, masked_mean_norm, masked_softmax, rotary, sinusoids
+from trainers.model.layers import Dropout, masked_mean_norm, masked_softmax, rotary, sinusoids
 
 
 class FeedForward(nn.Module):

@@ -1,7 +1,7 @@
 """Speech in: features against an independent reference, labels, spans, the cache, bad corpora, trials.
 
-Every test reads a tiny corpus rendered once per session by `trainers.speak` (espeak-ng); the tests skip
-where espeak-ng is missing (`make test` installs it).
+Every test reads a tiny corpus rendered once per session by `trainers.speech.speak` (espeak-ng); the tests
+skip where espeak-ng is missing (`make test` installs it).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import torch
 
 from tests.conftest import TINY
 from trainers.config import ConfigError, build_config
-from trainers.data import CorpusError, TrainStream, make_corpus
-from trainers.features import LOG_FLOOR, log_mel
-from trainers.model import ConvFrontend
-from trainers.speak import RenderConfig, espeak_available, render_corpus
-from trainers.speech import SpeechCorpus, read_source
-from trainers.tokens import BpeTokenizer, CharTokenizer, normalise
+from trainers.corpus import CorpusError
+from trainers.data import TrainStream
+from trainers.model.aed import ConvFrontend
+from trainers.speech.corpus import SpeechCorpus, read_source
+from trainers.speech.features import LOG_FLOOR, log_mel
+from trainers.speech.speak import RenderConfig, espeak_available, render_corpus
+from trainers.speech.tokens import BpeTokenizer, CharTokenizer, normalise
+from trainers.train import make_corpus
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
@@ -229,12 +231,12 @@ def test_corpus_is_deterministic_and_padded_at_the_floor(corpus, corpus_root, ca
 def test_features_are_cached_once_per_corpus(corpus_root, cache, monkeypatch, tmp_path):
     config = build_config(speech_config(corpus_root, cache))
     make_corpus(config)  # built (or already built by another test)
-    import trainers.speech
+    import trainers.speech.corpus
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached corpus must not decode audio")
 
-    monkeypatch.setattr(trainers.speech, "log_mel", no_decoding)
+    monkeypatch.setattr(trainers.speech.corpus, "log_mel", no_decoding)
     corpus = make_corpus(build_config(speech_config(corpus_root, cache, **{"speech.vocab_size": 30})))
     assert len(corpus) == 24
     # an edited transcript is a new corpus: its features are rebuilt
@@ -500,7 +502,7 @@ def test_two_trial_sweep_on_speech_completes_with_labels(aligning_root, tmp_path
             }
         )
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": ""}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "sweep.run", str(space), "--storage", str(tmp_path / "results")]

@@ -1,9 +1,10 @@
 """The labels: one evaluation's label, and a run's verdict from its evaluations (light: no torch).
 
-`trainers.detector` reads a model at one step into an `Evaluation`; here `classify` labels it `normal`,
-`reversed` or `undecided`, and `verdict` turns a run's history into its final answer: the confirmed label,
-when and where time flipped, the backward phase a final label hides (`transient`), and the flipping block's
-mechanism. `reads_reversed` is the one direction rule of a flip, shared by `classify` and `sweep.report`.
+`trainers.detector.evaluate` reads a model at one step into an `Evaluation`; here `classify` labels it
+`normal`, `reversed` or `undecided`, and `verdict` turns a run's history into its final answer: the
+confirmed label, when and where time flipped, the backward phase a final label hides (`transient`), and the
+flipping block's mechanism. `reads_reversed` is the one direction rule of a flip, shared by `classify` and
+`sweep.report`.
 """
 
 from __future__ import annotations

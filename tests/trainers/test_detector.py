@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +13,10 @@ from scipy.stats import spearmanr
 from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import DetectorConfig, build_config
 from trainers.data import Batch
-from trainers.detector import evaluate
-from trainers.gradients import gradient_alignment, gradient_maps
-from trainers.plots import plot_attention, plot_gradients
-from trainers.readings import (
+from trainers.detector.evaluate import evaluate
+from trainers.detector.gradients import gradient_alignment, gradient_maps
+from trainers.detector.plots import plot_attention, plot_gradients
+from trainers.detector.readings import (
     attention_argmax,
     attention_readings,
     block_directions,
@@ -31,13 +30,10 @@ from trainers.readings import (
     spearman_direction,
     word_spans,
 )
-from trainers.verdict import Evaluation, classify, should_stop, time_to_flip, transient, verdict
+from trainers.detector.verdict import Evaluation, classify, should_stop, time_to_flip, transient, verdict
 
-MODEL_WRITTEN = (Path(__file__).parents[1] / "trainers" / "model.py").exists()
-needs_model = pytest.mark.skipif(not MODEL_WRITTEN, reason="trainers/model.py is not written yet")
-CFG = (
-    DetectorConfig()
-)  # min_accuracy 0.5, min_peak 0.2, min_focus 8, min_direction 0.5, confirm 2, patience 3
+# min_accuracy 0.5, min_peak 0.2, min_focus 8, min_direction 0.5, confirm 2, patience 3
+CFG = DetectorConfig()
 
 
 # -- Spearman and attention direction --------------------------------------------------------------------
@@ -359,7 +355,7 @@ def test_evaluation_metrics_and_dict():
 
 
 def tiny_model(**overrides):
-    from trainers.model import ConformerAED
+    from trainers.model.aed import ConformerAED
 
     cfg = build_config({**TINY_MODEL, **{f"model.{k}": v for k, v in overrides.items()}}).model
     torch.manual_seed(0)
@@ -392,7 +388,6 @@ def per_label_reference(model, batch) -> torch.Tensor:
     return maps
 
 
-@needs_model
 def test_gradient_maps_match_a_per_label_reference():
     # Unmasked padding: padded frames then do reach the labels, and must still read zero in the maps.
     model, batch = tiny_model(pad_mode="unmasked", conv_norm="batch"), tiny_batch()
@@ -406,7 +401,6 @@ def test_gradient_maps_match_a_per_label_reference():
     torch.testing.assert_close(maps, per_label_reference(model, batch), atol=1e-5, rtol=1e-5)
 
 
-@needs_model
 def test_gradient_maps_of_a_subset_match_the_full_batch():
     model, batch = tiny_model(decoder="transformer", decoder_layers=1), tiny_batch()
     full = gradient_maps(model, batch, step=None)
@@ -414,7 +408,6 @@ def test_gradient_maps_of_a_subset_match_the_full_batch():
     torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=1e-5)
 
 
-@needs_model
 def test_evaluate_pools_length_sorted_batches_like_one_batch():
     # Zero padding makes every reading independent of the batch it sits in, so reading the held-out set in
     # two batches must give what one batch gives (sums and means pooled over utterances and frames).
@@ -446,7 +439,6 @@ def _rest(batch: Batch, n: int) -> Batch:
     )
 
 
-@needs_model
 def test_evaluate_without_ground_truth_reports_tse_as_missing():
     from dataclasses import replace
 
@@ -456,7 +448,6 @@ def test_evaluate_without_ground_truth_reports_tse_as_missing():
     assert math.isfinite(e.attention_direction) and len(e.block_directions) == 3
 
 
-@needs_model
 def test_evaluate_on_a_tiny_model_and_plot(tmp_path):
     model, batch = tiny_model(), tiny_batch()
     model.train()

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import rankdata
 from torch import Tensor
 
-Span = tuple[int, int]  # [start, end) in input frames
+from trainers.corpus import Span
 
 
 def as_numpy(x: Tensor | np.ndarray | list) -> np.ndarray:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import log_softmax
 
-Span = tuple[int, int]  # [start, end) in frames
+from trainers.corpus import Span
 
 
 def gradient_scores_to_log(maps: np.ndarray) -> np.ndarray:
