@@ -22,7 +22,7 @@ from sweep import progress
 from sweep.registry import get_trainer
 from sweep.tracking import ENDED_STATUSES, Tracker
 from sweep.trainable import trial_cell, trial_key, trial_overrides, trial_title
-from trainers.config import flatten
+from trainers.config import flatten, run_kind
 from trainers.outcome import ATTENTION_MAP_KEY, TrialOutcome, attention_maps
 
 ARTIFACTS_SKIP = ("state.pt",)
@@ -116,8 +116,8 @@ class TrialRecorder:
             if self.tracker.status(run_id) in ENDED_STATUSES:
                 return
             overrides = trial_overrides(config, trial_id)
-            control = get_trainer(self.trainer).build_config(overrides).model.control != "none"
-            outcome = TrialOutcome.failed(error, control=control)
+            kind = run_kind(get_trainer(self.trainer).build_config(overrides))
+            outcome = TrialOutcome.failed(error, kind=kind)
             self.tracker.set_tags(run_id, outcome.mlflow_tags())
             self.tracker.log_metrics(run_id, outcome.mlflow_metrics())
             self.tracker.client.log_text(run_id, error, "error.txt")

@@ -359,6 +359,35 @@ class TrialConfig(_Section):
         return self
 
 
+RunKind = Literal["natural", "mitigation", "induced", "control"]
+RUN_KINDS: tuple[str, ...] = RunKind.__args__
+
+
+def run_kind(config: TrialConfig) -> RunKind:
+    """What a run is, read off its config; the one place that decides it.
+
+    * control: time reversed by construction (`model.control`): tests the detector, never a finding.
+    * induced: training is pushed along the paper's mechanism: self-attention scaled or scheduled
+      (`mhsa_scale` != 1, `mhsa_scale_schedule`). A flip here answers "is the mechanism sufficient?", never
+      "how often does it happen?", so it is counted apart from natural runs, mitigations on it included.
+    * mitigation: one of the paper's mitigations (CTC aux, self-attention off early, forced centre-frame
+      cross-attention) on otherwise natural training.
+    * natural: none of the above.
+    """
+    m = config.model
+    if m.control != "none":
+        return "control"
+    if m.mhsa_scale != 1.0 or m.mhsa_scale_schedule:
+        return "induced"
+    if (
+        m.ctc_layers
+        or m.self_attention_off_steps > 0
+        or m.center_attention_steps + m.center_attention_blend_steps > 0
+    ):
+        return "mitigation"
+    return "natural"
+
+
 def _error_key(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or part == 0)
 

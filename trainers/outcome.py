@@ -11,11 +11,14 @@ one line there plus its computation in `trainers.detector.verdict.verdict`.
 
 On an MLflow run (names fixed here, read back by `from_mlflow`):
 
-* tags `label` (normal / reversed / undecided / failed) and, for a failed trial, `error` (last line);
+* tags `label` (normal / reversed / undecided / failed), `kind` (natural / mitigation / induced / control,
+  `trainers.config.run_kind`), for an undecided trial `reason` (`trainers.detector.verdict.UNDECIDED_REASONS`)
+  and for a failed trial `error` (last line);
 * metrics `verdict/decided` (0/1, every finished or failed trial), `verdict/reversed` (0/1, decided trials
   only, so that its mean over any group of runs is that group's reversal rate among decided runs, the rate
   of `sweep.stats`), `verdict/shifted`, `verdict/flip_block`, `verdict/time_to_flip` (when there is one),
-  `verdict/<figure>` for every figure, and `trial/*` for what the trial cost.
+  `verdict/reason_code` (0 decided, else the reason's code), `verdict/<figure>` for every figure, and
+  `trial/*` for what the trial cost.
 
 Light on purpose (pydantic only): the driver imports it without torch.
 """
@@ -30,6 +33,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainers.config import RunKind
+from trainers.detector.verdict import REASON_CODES, UNDECIDED_REASONS
 from trainers.reported import is_verdict_figure
 
 RESULT_FILE = "result.json"
@@ -40,7 +45,7 @@ Label = Literal["normal", "reversed", "undecided", "failed", "incomplete"]
 DECIDED = ("normal", "reversed")
 
 # Names the fixed fields use on an MLflow run; no figure may take one of them.
-_FIXED_METRICS = ("decided", "reversed", "shifted", "flip_block", "time_to_flip")
+_FIXED_METRICS = ("decided", "reversed", "reason_code", "shifted", "flip_block", "time_to_flip")
 _COST_FIELDS = ("train_seconds", "detector_seconds", "detector_share", "steps_per_second")
 
 
@@ -67,7 +72,8 @@ class TrialOutcome(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     label: Label
-    control: bool = False  # model.control: time reversed by construction, never pooled with natural runs
+    kind: RunKind = "natural"  # trainers.config.run_kind: never pooled across kinds
+    reason: str | None = None  # why an undecided trial is undecided (UNDECIDED_REASONS); None otherwise
     steps_done: int = 0
     early_stopped: bool = False
     flip_block: int | None = None  # first block from which every later block reads reversed
@@ -76,6 +82,13 @@ class TrialOutcome(BaseModel):
     figures: dict[str, float] = Field(default_factory=dict)
     cost: TrialCost = Field(default_factory=TrialCost)
     failure: str | None = None  # a failed trial's error, last line
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, reason: str | None) -> str | None:
+        if reason is not None and reason not in UNDECIDED_REASONS:
+            raise ValueError(f"unknown reason {reason!r}; one of {UNDECIDED_REASONS}")
+        return reason
 
     @field_validator("figures", mode="before")
     @classmethod
@@ -92,15 +105,16 @@ class TrialOutcome(BaseModel):
     # -- built by the trial ---------------------------------------------------------------------------------
     @classmethod
     def from_verdict(
-        cls, verdict: dict[str, Any], *, control: bool, steps_done: int, early_stopped: bool, cost: TrialCost
+        cls, verdict: dict[str, Any], *, kind: RunKind, steps_done: int, early_stopped: bool, cost: TrialCost
     ) -> TrialOutcome:
         """The outcome of a finished trial from `trainers.detector.verdict.verdict`'s dict: its label, flip
         block, time to flip and shifted flag, and every other number as a figure."""
-        fixed = {"label", "flip_block", "time_to_flip", "shifted", "step"}  # step: the same as steps_done
+        fixed = {"label", "reason", "flip_block", "time_to_flip", "shifted", "step"}  # step: = steps_done
         figures = {name: value for name, value in verdict.items() if name not in fixed}
         return cls(
             label=verdict["label"],
-            control=control,
+            kind=kind,
+            reason=verdict.get("reason"),
             steps_done=steps_done,
             early_stopped=early_stopped,
             flip_block=verdict.get("flip_block"),
@@ -111,12 +125,17 @@ class TrialOutcome(BaseModel):
         )
 
     @classmethod
-    def failed(cls, error: str, control: bool = False) -> TrialOutcome:
+    def failed(cls, error: str, *, kind: RunKind = "natural") -> TrialOutcome:
         """The outcome of a crashed trial (an exception, a NaN loss): `failure` is the error's last line."""
         lines = [line for line in error.strip().splitlines() if line.strip()]
-        return cls(label="failed", control=control, failure=(lines[-1] if lines else "unknown error")[:500])
+        return cls(label="failed", kind=kind, failure=(lines[-1] if lines else "unknown error")[:500])
 
     # -- properties the statistics use ----------------------------------------------------------------------
+    @property
+    def control(self) -> bool:
+        """Time reversed by construction: tests the detector, never pooled with any other kind."""
+        return self.kind == "control"
+
     @property
     def decided(self) -> bool:
         """Reversed or normal: the trial counts in a reversal rate."""
@@ -128,11 +147,13 @@ class TrialOutcome(BaseModel):
         return [name for name in self.figures if not is_verdict_figure(name)]
 
     def row(self) -> dict[str, Any]:
-        """One flat row for a trials table: label, control, steps (done), flip block, time to flip, shifted,
-        early_stopped, failure, then every figure by name (None / NaN where absent)."""
+        """One flat row for a trials table: label, kind, control, reason, steps (done), flip block, time to
+        flip, shifted, early_stopped, failure, then every figure by name (None / NaN where absent)."""
         return {
             "label": self.label,
+            "kind": self.kind,
             "control": self.control,
+            "reason": self.reason,
             "steps": self.steps_done,
             "flip_block": math.nan if self.flip_block is None else self.flip_block,
             "time_to_flip": math.nan if self.time_to_flip is None else self.time_to_flip,
@@ -156,7 +177,9 @@ class TrialOutcome(BaseModel):
 
     # -- MLflow ---------------------------------------------------------------------------------------------
     def mlflow_tags(self) -> dict[str, str]:
-        tags = {"label": self.label}
+        tags = {"label": self.label, "kind": self.kind}
+        if self.reason is not None:
+            tags["reason"] = self.reason
         if self.failure is not None:
             tags["error"] = self.failure
         return tags
@@ -169,6 +192,7 @@ class TrialOutcome(BaseModel):
             metrics["verdict/reversed"] = float(self.label == "reversed")
         if self.label == "failed":
             return metrics
+        metrics["verdict/reason_code"] = REASON_CODES.get(self.reason, 0.0)
         metrics["verdict/shifted"] = float(self.shifted)
         if self.flip_block is not None:
             metrics["verdict/flip_block"] = float(self.flip_block)
@@ -187,12 +211,13 @@ class TrialOutcome(BaseModel):
         A run that ended FAILED is `failed`; one without a label yet is `incomplete`. Runs recorded before
         `verdict/decided` existed carry their shifted flag as a tag; that is read too.
         """
-        control = tags.get("control") == "True"
+        # Runs recorded before the kind existed carry only whether they were a control.
+        kind = tags.get("kind") or ("control" if tags.get("control") == "True" else "natural")
         if status == "FAILED" or tags.get("label") == "failed":
-            return cls(label="failed", control=control, failure=tags.get("error") or "unknown error")
+            return cls(label="failed", kind=kind, failure=tags.get("error") or "unknown error")
         label = tags.get("label")
         if label not in ("normal", "reversed", "undecided"):
-            return cls(label="incomplete", control=control)
+            return cls(label="incomplete", kind=kind)
 
         def whole(name: str) -> int | None:
             value = metrics.get(name)
@@ -206,7 +231,8 @@ class TrialOutcome(BaseModel):
         }
         return cls(
             label=label,
-            control=control,
+            kind=kind,
+            reason=tags.get("reason") if label == "undecided" else None,
             steps_done=whole("trial/steps_done") or whole("final/steps_done") or 0,
             early_stopped=bool(metrics.get("trial/early_stopped", 0.0)),
             flip_block=whole("verdict/flip_block"),

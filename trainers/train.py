@@ -32,6 +32,7 @@ from trainers.config import (
     build_config,
     flatten,
     parse_assignment,
+    run_kind,
     to_commented_yaml,
 )
 from trainers.corpus import Corpus, CorpusError
@@ -276,7 +277,7 @@ class Trial:
         )
         outcome = TrialOutcome.from_verdict(
             verdict(self.history, self.cfg.detector),
-            control=self.cfg.model.control != "none",
+            kind=run_kind(self.cfg),
             steps_done=self.step,
             early_stopped=self.step < self.cfg.train.steps,
             cost=cost,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from tests.conftest import TINY
 from trainers.config import build_config
-from trainers.detector.verdict import Evaluation, transient
+from trainers.detector.verdict import REASON_CODES, Evaluation, transient
 from trainers.outcome import TrialCost, TrialOutcome, attention_maps
 from trainers.reported import VERDICT_FIGURES, is_verdict_figure
 from trainers.train import run_trial
@@ -30,7 +30,7 @@ def outcome(label: str = "reversed", **figures: float) -> TrialOutcome:
         **figures,
     }
     cost = TrialCost(train_seconds=10.0, detector_seconds=2.0, detector_share=1 / 6, steps_per_second=40.0)
-    return TrialOutcome.from_verdict(verdict, control=False, steps_done=400, early_stopped=False, cost=cost)
+    return TrialOutcome.from_verdict(verdict, kind="natural", steps_done=400, early_stopped=False, cost=cost)
 
 
 def test_outcome_round_trips_through_result_json_and_mlflow(tmp_path):
@@ -43,7 +43,8 @@ def test_outcome_round_trips_through_result_json_and_mlflow(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps({"outcome": written.to_dict(), "final": {}}))
     assert TrialOutcome.read(tmp_path) == written
     # What the recorder logs, read back as the loader does (a run's tags, its latest metrics, its status).
-    tags = {**written.mlflow_tags(), "control": "False"}
+    tags = written.mlflow_tags()
+    assert tags["kind"] == "natural" and "reason" not in tags
     back = TrialOutcome.from_mlflow(tags, written.mlflow_metrics(), "FINISHED")
     assert back == written.model_copy(update={"cost": back.cost}) and back.cost.train_seconds == 10.0
     assert (back.flip_block, back.time_to_flip, back.steps_done) == (3, 250, 400)
@@ -61,12 +62,26 @@ def test_the_mean_of_verdict_reversed_is_the_rate_among_decided_runs():
 
 def test_failed_outcome_reads_back_with_its_error():
     failed = TrialOutcome.failed(
-        "Traceback (most recent call last):\n  ...\nValueError: boom\n\n", control=True
+        "Traceback (most recent call last):\n  ...\nValueError: boom\n\n", kind="control"
     )
     assert (failed.label, failed.failure, failed.decided) == ("failed", "ValueError: boom", False)
-    tags = {**failed.mlflow_tags(), "control": "True"}
-    assert TrialOutcome.from_mlflow(tags, failed.mlflow_metrics(), "FAILED") == failed
-    assert TrialOutcome.from_mlflow({"control": "False"}, {}, "RUNNING").label == "incomplete"
+    back = TrialOutcome.from_mlflow(failed.mlflow_tags(), failed.mlflow_metrics(), "FAILED")
+    assert back == failed and back.control
+    assert TrialOutcome.from_mlflow({"kind": "induced"}, {}, "RUNNING").label == "incomplete"
+    assert TrialOutcome.from_mlflow({"control": "True"}, {}, "RUNNING").kind == "control"  # before kinds
+
+
+def test_an_undecided_outcome_says_why_everywhere():
+    undecided = outcome("undecided", reason="sink")
+    assert undecided.reason == "sink" and "reason" not in undecided.figures
+    assert undecided.mlflow_tags()["reason"] == "sink"
+    assert undecided.mlflow_metrics()["verdict/reason_code"] == REASON_CODES["sink"] > 0
+    assert outcome("normal").mlflow_metrics()["verdict/reason_code"] == 0.0
+    assert undecided.row()["reason"] == "sink"
+    back = TrialOutcome.from_mlflow(undecided.mlflow_tags(), undecided.mlflow_metrics(), "FINISHED")
+    assert back.reason == "sink"
+    with pytest.raises(ValidationError, match="unknown reason"):
+        TrialOutcome(label="undecided", reason="bored")
 
 
 def test_figures_may_not_take_the_fixed_names():

@@ -20,6 +20,10 @@ from trainers.reported import EVALUATION_FIELDS, PER_BLOCK
 
 LABELS = ("normal", "reversed", "undecided")
 LABEL_CODES = {"normal": 1.0, "reversed": -1.0, "undecided": 0.0}
+# Why a label is `undecided`, in the order `classify` tests them; `unconfirmed`: the run's last evaluations
+# disagree (`verdict`). Codes are what the MLflow UI charts (`verdict/reason_code`); 0 = decided.
+UNDECIDED_REASONS = ("accuracy", "focus", "sink", "direction", "disagree", "unconfirmed")
+REASON_CODES = {reason: float(code) for code, reason in enumerate(UNDECIDED_REASONS, start=1)}
 
 
 @dataclass
