@@ -1,10 +1,16 @@
-# flipsweep: `make quick` sets up and runs the small sweep; `make test` sets up and runs lint + tests.
+# flipsweep: `make quick` sets up and runs the small sweep; `make test` sets up and runs lint + every test;
+# `make check` lint + the fast tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quick test lint browser espeak ui bench clean
+# Tests run in 2 worker processes (pytest-xdist): each test is single-threaded, so two keep a 2-core machine
+# busy. Tests that share a Ray, a server or a rendered corpus stay in one worker (their `xdist_group` mark).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+
+.PHONY: setup quick check test lint browser espeak ui bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +35,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup browser espeak lint  ## lint, then the whole suite
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+check: setup lint  ## the edit loop: lint, then every test not marked slow (under 3 minutes on 2 cores)
+	$(PYTEST) -m "not slow"
+
+test: setup browser espeak lint  ## lint, then the whole suite, and its 25 slowest tests
+	$(PYTEST) --durations=25
 
 ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
 	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training view)"

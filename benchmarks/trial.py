@@ -36,8 +36,9 @@ def flops_per_step(trial: Trial) -> float:
     """FLOPs of one forward+backward training step (the optimizer update is negligible)."""
     cfg = trial.cfg.train
     batch = trial.stream.batch(0)
+    trial.model.set_step(0)
     with FlopCounterMode(display=False) as counter:
-        out = trial.model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step=0)
+        out = trial.model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths)
         loss, _ = trial.model.loss(out, cfg.label_smoothing, cfg.ctc_scale)
         loss.backward()
     trial.model.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ from sweep import progress
 from sweep.registry import get_trainer
 from sweep.tracking import ENDED_STATUSES, Tracker
 from sweep.trainable import trial_cell, trial_key, trial_overrides, trial_title
-from trainers.config import flatten, run_kind
+from trainers.config import flatten
 from trainers.outcome import ATTENTION_MAP_KEY, TrialOutcome, attention_maps
 
 ARTIFACTS_SKIP = ("state.pt",)
@@ -62,15 +62,19 @@ class TrialRecorder:
         key = trial_key(config, trial_id)
         if key not in self.run_ids:
             overrides = trial_overrides(config, trial_id)
-            trial_config = get_trainer(self.trainer).build_config(overrides)
+            trainer = get_trainer(self.trainer)
+            trial_config = trainer.build_config(overrides)
+            kind = trainer.run_kind(trial_config)
             tags = {
                 "cell": trial_cell(config),
-                "control": str(trial_config.model.control != "none"),
+                "kind": kind,
+                "control": str(kind == "control"),
                 "seed": overrides["seed"],
                 "ray_trial_id": trial_id,
             }
             name = trial_title(config, trial_id)[:250]
-            run_id = self.tracker.child(self.parent_run_id, key, name, flatten(trial_config), tags)
+            params = {**flatten(trial_config), "kind": kind}
+            run_id = self.tracker.child(self.parent_run_id, key, name, params, tags)
             self.run_ids[key] = run_id
             self.last_steps[key] = self.tracker.last_step(run_id)
             self.image_steps[key] = self.tracker.image_steps(run_id, ATTENTION_MAP_KEY)
@@ -115,8 +119,8 @@ class TrialRecorder:
             run_id = self.run_id(config, trial_id)
             if self.tracker.status(run_id) in ENDED_STATUSES:
                 return
-            overrides = trial_overrides(config, trial_id)
-            kind = run_kind(get_trainer(self.trainer).build_config(overrides))
+            trainer = get_trainer(self.trainer)
+            kind = trainer.run_kind(trainer.build_config(trial_overrides(config, trial_id)))
             outcome = TrialOutcome.failed(error, kind=kind)
             self.tracker.set_tags(run_id, outcome.mlflow_tags())
             self.tracker.log_metrics(run_id, outcome.mlflow_metrics())
@@ -131,6 +135,24 @@ def trial_error_text(trial) -> str:
     if trial.error_file and Path(trial.error_file).exists():
         return Path(trial.error_file).read_text()
     return "trial failed without an error message"
+
+
+def retry_line(trial) -> str:
+    """What the screen says of a trial that failed and that Tune runs again from its last checkpoint: what
+    happened (its worker process died: killed by the OS, out of memory; or the trial's own error), what the
+    sweep does, and where the details are (Tune appends each failure to the trial's error.txt)."""
+    text = trial_error_text(trial)
+    if any(sign in text for sign in _WORKER_DIED):
+        what = "its worker process died (killed by the OS, or out of memory)"
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        what = f"it failed ({lines[-1][:200] if lines else 'no error message'})"
+    retry = f"retry {trial.num_failures}" + (f" of {trial.max_failures}" if trial.max_failures >= 0 else "")
+    where = f"; details in {Path(trial.path) / 'error.txt'}" if trial.path else ""
+    return f"{what}; running it again from its last checkpoint ({retry}){where}"
+
+
+_WORKER_DIED = ("ActorDiedError", "RayActorError", "worker process has died")  # Ray's words for a lost worker
 
 
 class MlflowTrialCallback(tune.Callback):
@@ -156,6 +178,10 @@ class MlflowTrialCallback(tune.Callback):
         if checkpoint is not None:
             label = self.recorder.record_completion(trial.config, trial.trial_id, checkpoint.path)
             progress.finished(trial, label)
+        progress.update(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        progress.retried(trial, retry_line(trial))
         progress.update(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):

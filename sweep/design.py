@@ -7,9 +7,12 @@ the same baseline as the driver did.
 
 * `factors`: the keys the statistics group by: the space's factors, keys of extra cells that differ between
   natural cells (so a cells-only space such as `mitigations.yaml` still has its factors), and sampled ranges.
-* `cells`: every grid cell with its settings (base + its own values, as the trial config normalised them).
-* `baseline`: the declared `baseline`, else the first natural cell in file order (grid only; random and
-  optuna samples are each their own cell and are not compared with one another).
+* `cells`: every grid cell with its settings (base + its own values, as the trial config normalised them)
+  and its run kind (natural, mitigation, induced or control: `sweep.kinds`).
+* `baseline`: the declared `baseline`, else the first natural cell in file order (else the first cell that
+  is no control; grid only; random and optuna samples are each their own cell and are not compared with one
+  another). Each family of kinds is compared with its own baseline (`baselines`, by the rule in
+  `sweep.kinds`): a mitigation cell with the natural baseline, an induced cell with the induced one.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sweep.kinds import RATE_KINDS, family_baselines
+from sweep.registry import get_trainer
 from sweep.space import SpaceFile, factor_names
+from trainers.config import ConfigError
 
 ARTIFACT = "design.json"
 
 
 class CellDesign(BaseModel):
-    """One grid cell: its name, its own values, its full settings and whether it is a detector control."""
+    """One grid cell: its name, its own values, its full settings, its run kind and whether it is a detector
+    control (kind `control`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -33,6 +40,18 @@ class CellDesign(BaseModel):
     values: dict[str, Any]  # the cell's own keys, as written (factor levels, or an extra cell's keys)
     settings: dict[str, Any]  # base + values, as the trial config normalised them (no seed)
     control: bool
+    kind: str = ""  # `sweep.kinds`; "" in a design.json written before kinds: derived from the settings
+
+
+def _derived_kind(trainer: str, cell: CellDesign) -> str:
+    """The run kind of a cell recorded before designs held kinds: its settings' kind as the trainer reads it
+    now (keys renamed since are read under their new names), else whether it was a control."""
+    try:
+        spec = get_trainer(trainer)
+        settings = {spec.renamed_keys.get(key, key): value for key, value in cell.settings.items()}
+        return spec.run_kind(spec.build_config(settings))
+    except (KeyError, ConfigError):
+        return "control" if cell.control else "natural"
 
 
 class SweepDesign(BaseModel):
@@ -55,9 +74,37 @@ class SweepDesign(BaseModel):
     objective: dict[str, Any] | None = None
     legacy: bool = False  # read back from a parent run that predates design.json: factors from params
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds(cls, data: Any) -> Any:
+        """Cells read from a design.json written before kinds get theirs from their settings."""
+        if not isinstance(data, dict) or not data.get("cells"):
+            return data
+        cells = [CellDesign.model_validate(cell) for cell in data["cells"]]
+        trainer = data.get("trainer", "")
+        cells = [c if c.kind else c.model_copy(update={"kind": _derived_kind(trainer, c)}) for c in cells]
+        return {**data, "cells": cells}
+
     @property
     def control_cells(self) -> list[str]:
         return [cell.name for cell in self.cells if cell.control]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Every cell's run kind, by cell name."""
+        return {cell.name: cell.kind for cell in self.cells}
+
+    def cells_of(self, kind: str) -> list[str]:
+        """The names of the cells of one run kind, in file order."""
+        return [cell.name for cell in self.cells if cell.kind == kind]
+
+    @property
+    def baselines(self) -> dict[str, str]:
+        """The baseline cell of each family of kinds that has cells (`sweep.kinds.family_baselines`); none
+        without a baseline (a random or optuna search, a legacy design)."""
+        if self.baseline is None:
+            return {}
+        return family_baselines(((cell.name, cell.kind) for cell in self.cells), self.baseline)
 
     @property
     def n_trials(self) -> int:
@@ -66,11 +113,18 @@ class SweepDesign(BaseModel):
     @classmethod
     def from_space(cls, space: SpaceFile, sweep_id: str) -> SweepDesign:
         cells = [
-            CellDesign(name=cell.name, values=cell.values, settings=cell.overrides, control=cell.control)
+            CellDesign(
+                name=cell.name,
+                values=cell.values,
+                settings=cell.overrides,
+                control=cell.control,
+                kind=cell.kind,
+            )
             for cell in space.grid_cells
         ]
-        natural = [cell.name for cell in cells if not cell.control]
-        baseline = space.baseline or (natural[0] if natural and space.search == "grid" else None)
+        first = family_baselines(((cell.name, cell.kind) for cell in cells), None)
+        default = first.get("natural", first.get("induced")) if space.search == "grid" else None
+        baseline = space.baseline or default
         return cls(
             sweep_id=sweep_id,
             space=space.name,
@@ -112,6 +166,8 @@ class SweepDesign(BaseModel):
             "baseline_declared": self.baseline_declared,
             "factors": self.factors,
             "control_cells": self.control_cells,
+            **{f"{kind}_cells": self.cells_of(kind) for kind in RATE_KINDS if self.cells_of(kind)},
+            **{f"baseline.{family}": cell for family, cell in self.baselines.items()},
             **{f"factor.{key}": levels for key, levels in self.levels.items()},
             **{f"range.{key}": spec for key, spec in self.ranges.items()},
         }

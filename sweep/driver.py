@@ -169,13 +169,20 @@ def make_tuner(sweep: Sweep):
     """Restore the interrupted sweep's Tuner, or build a new one (also for a sweep killed before Tune wrote
     its state, or while it wrote it); None when nothing is left to run."""
     from sweep.callbacks import MlflowTrialCallback, TrialRecorder
-    from sweep.tuner import build_tuner, init_ray, restore_tuner, set_aside_unreadable_tune_state
+    from sweep.tuner import (
+        PRINT_TRIAL_ERRORS,
+        build_tuner,
+        init_ray,
+        restore_tuner,
+        set_aside_unreadable_tune_state,
+    )
 
     # Every evaluation checkpoints; Tune's warning about the resulting (small) state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's own console output (a configuration box, result paths) would talk over the progress view;
     # its classic reporter at verbose=0 is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault(PRINT_TRIAL_ERRORS, "0")  # one line per failure instead (sweep.callbacks)
     init_ray(sweep.args.address or os.environ.get("RAY_ADDRESS"), sweep.args.num_cpus)
     specs, samples = trial_specs(sweep.space), None
     if sweep.resumed:

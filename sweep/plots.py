@@ -19,7 +19,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sweep.stats import IncidenceReport, decided_runs, level_order, natural_runs, prepare, varying_factors
+from sweep.kinds import FAMILIES, KINDS
+from sweep.stats import IncidenceReport, decided_runs, family_runs, level_order, prepare, varying_factors
 
 LABEL_COLORS = {"normal": "#4c72b0", "reversed": "#c44e52", "undecided": "#8c8c8c", "failed": "#222222"}
 STYLE = "whitegrid"
@@ -74,29 +75,30 @@ def _message(path: str | Path, title: str, text: str) -> Path:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _rate_panels(report: IncidenceReport) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows with level / decided / reversed / rate / ci) per panel: one per factor, else per cell."""
-    marginals = report.marginals
+def _rate_panels(report: IncidenceReport) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, family, rows with level / decided / reversed / rate / ci) per panel: one per family and
+    factor (the induced family's titled so), else one per cell."""
     panels = [
-        (factor, part.reset_index(drop=True)) for factor, part in marginals.groupby("factor", sort=False)
+        (factor if family == "natural" else f"{factor} ({family})", family, part.reset_index(drop=True))
+        for (family, factor), part in report.marginals.groupby(["family", "factor"], sort=False)
     ]
     if panels:
         return panels
     # No factors (e.g. a sweep of named mitigation cells): the cells themselves are the levels.
     cells = report.cells[~report.cells["control"]].rename(columns={"cell": "level"})
-    return [("cell", cells.reset_index(drop=True))] if len(cells) else []
+    return [("cell", "", cells.reset_index(drop=True))] if len(cells) else []
 
 
 def plot_rate_by_factor(report: IncidenceReport, path: str | Path) -> Path:
-    """Reversal rate per factor level with Wilson 95 % bars and k/n labels, one panel per factor."""
-    title = "Reversal rate by factor level (natural runs)"
+    """Reversal rate per factor level with Wilson 95 % bars and k/n labels, one panel per factor and family
+    of kinds, with the rate of the family's own kind (natural, induced) as a dashed line."""
+    title = "Reversal rate by factor level (natural and mitigation runs; induced runs apart)"
     panels = _rate_panels(report)
-    if not panels or all(part["decided"].sum() == 0 for _, part in panels):
+    if not panels or all(part["decided"].sum() == 0 for _, _, part in panels):
         return _message(path, title, "no decided runs")
-    overall = report.overall["rate"]
     figure, axes = _figure(len(panels))
     color = sns.color_palette()[3]
-    for ax, (name, part) in zip(axes, panels, strict=True):
+    for ax, (name, family, part) in zip(axes, panels, strict=True):
         x = np.arange(len(part))
         rate = part["rate"].to_numpy(dtype=float)
         below = np.nan_to_num(rate - part["ci_low"].to_numpy(dtype=float))
@@ -115,8 +117,10 @@ def plot_rate_by_factor(report: IncidenceReport, path: str | Path) -> Path:
                     ha="center",
                     fontsize=8,
                 )
+        overall = report.rate_of(family)["rate"] if family else math.nan
         if not math.isnan(overall):
-            ax.axhline(overall, color="0.5", linestyle="--", linewidth=1, label=f"all runs {overall:.0%}")
+            label = f"all {family} runs {overall:.0%}"
+            ax.axhline(overall, color="0.5", linestyle="--", linewidth=1, label=label)
             ax.legend(loc="best", fontsize=8, frameon=False)
         ticks = [_level_text(v) for v in part["level"]]
         crowded = sum(len(t) + 3 for t in ticks) > 40  # roughly what fits under one panel unrotated
@@ -133,12 +137,16 @@ def plot_rate_by_factor(report: IncidenceReport, path: str | Path) -> Path:
 
 
 def plot_heatmap(report: IncidenceReport, path: str | Path, factors: Sequence[str] | None = None) -> Path:
-    """Reversal rate over the first two factors with more than one level, each square annotated k/n.
+    """Reversal rate over the first two factors with more than one level, each square annotated k/n, within
+    the first family of kinds where two factors vary (natural and mitigation runs, else induced runs).
 
     Runs are pooled over any further factors (named in the subtitle).
     """
-    title = "Reversal rate over two factors (natural runs)"
-    trials = natural_runs(prepare(report.trials, report.factors))
+    prepared = prepare(report.trials, report.factors)
+    families = [f for f in FAMILIES if len(varying_factors(family_runs(prepared, f), report.factors)) >= 2]
+    family = families[0] if families else "natural"
+    title = f"Reversal rate over two factors ({' and '.join(FAMILIES[family])} runs)"
+    trials = family_runs(prepared, family)
     chosen = list(factors) if factors else varying_factors(trials, report.factors)[:2]
     if len(chosen) < 2:
         return _message(path, title, "needs two factors with more than one level")
@@ -183,13 +191,15 @@ def plot_heatmap(report: IncidenceReport, path: str | Path, factors: Sequence[st
 
 
 def plot_direction_distribution(trials: pd.DataFrame, path: str | Path) -> Path:
-    """Histogram of the final attention direction, stacked by label; natural runs and controls apart."""
+    """Histogram of the final attention direction, stacked by label; one panel per run kind (natural,
+    mitigation, induced runs, detector controls)."""
     title = "Attention direction by label"
     trials = prepare(trials)
     trials = trials[trials["attention_direction"].notna()]
     if trials.empty:
         return _message(path, title, "no runs with an attention direction")
-    groups = [("natural runs", trials[~trials["control"]]), ("detector controls", trials[trials["control"]])]
+    names = {kind: f"{kind} runs" for kind in KINDS} | {"control": "detector controls"}
+    groups = [(names[kind], trials[trials["kind"] == kind]) for kind in KINDS]
     groups = [(name, part) for name, part in groups if len(part)]
     figure, axes = _figure(len(groups), (5.0, 3.4))
     bins = np.linspace(-1.0, 1.0, 21)
@@ -219,14 +229,16 @@ def plot_direction_distribution(trials: pd.DataFrame, path: str | Path) -> Path:
 
 
 def plot_time_to_flip(curve: pd.DataFrame, path: str | Path) -> Path:
-    """Kaplan-Meier curves of P(not yet reversed): one panel for all runs, one per varying factor."""
-    title = "Time to flip (Kaplan-Meier, natural runs)"
+    """Kaplan-Meier curves of P(not yet reversed): one panel for all runs of each kind, one per factor that
+    varies within a family of kinds (the `runs` each curve follows, in its title)."""
+    title = "Time to flip (Kaplan-Meier; controls left out)"
     if curve is None or curve.empty:
-        return _message(path, title, "no natural runs to follow")
-    factors = list(dict.fromkeys(curve["factor"]))
-    figure, axes = _figure(len(factors))
-    for ax, factor in zip(axes, factors, strict=True):
-        part = curve[curve["factor"] == factor]
+        return _message(path, title, "no runs to follow")
+    curve = curve if "runs" in curve.columns else curve.assign(runs="natural")
+    panels = list(dict.fromkeys(zip(curve["runs"], curve["factor"], strict=True)))
+    figure, axes = _figure(len(panels))
+    for ax, (runs, factor) in zip(axes, panels, strict=True):
+        part = curve[(curve["factor"] == factor) & (curve["runs"] == runs)]
         groups = list(dict.fromkeys(part["group"]))
         palette = sns.color_palette(n_colors=max(1, len(groups)))
         for color, group in zip(palette, groups, strict=True):
@@ -247,7 +259,7 @@ def plot_time_to_flip(curve: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("training step")
         ax.set_ylabel("P(not yet reversed)")
-        ax.set_title(factor, fontsize=10)
+        ax.set_title(f"{factor} ({runs} runs)", fontsize=10)
         ax.legend(fontsize=8, frameon=False, loc="lower left")
         if part["events"].sum() == 0:
             ax.text(0.5, 0.55, "no run reversed", ha="center", transform=ax.transAxes, color="0.4")

@@ -8,8 +8,8 @@ PyYAML only).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainers import config as conformer_config
@@ -27,9 +27,13 @@ class TrainerSpec:
     reports: Callable[[str], bool]  # whether every evaluation report carries this metric (search objectives)
     metric_names: tuple[str, ...]  # the reported names, for suggestions
     total_steps: Callable[[Any], int]  # a built config's training steps (progress and its ETA)
+    run_kind: Callable[
+        [Any], str
+    ]  # a built config's kind (`sweep.kinds`: natural, mitigation, induced, control)
     # "module:function"(built config) -> summary line or None: checks and prepares the trial's data (e.g. a
     # speech corpus's feature cache) before the sweep writes anything; raises ValueError on bad input
     prepare_data: str | None = None
+    renamed_keys: Mapping[str, str] = field(default_factory=dict)  # old dotted key -> the key replacing it
 
 
 TRAINERS: dict[str, TrainerSpec] = {
@@ -41,7 +45,9 @@ TRAINERS: dict[str, TrainerSpec] = {
         reports=conformer_reported.is_reported,
         metric_names=conformer_reported.SCALARS,
         total_steps=lambda config: config.train.steps,
+        run_kind=conformer_config.run_kind,
         prepare_data="trainers.speech.corpus:prepare_trial_data",
+        renamed_keys=conformer_config.RENAMED_KEYS,
     ),
 }
 

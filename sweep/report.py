@@ -8,10 +8,12 @@ recorded (its `TrialOutcome`, read by `sweep.results.load_sweep`), and the compa
 driver recorded on the parent run, so the numbers are the driver's own. Several `--sweep`s read as one study
 (sweeps that continue it with more seeds, or new cells beside its baseline: `sweep.results.load_sweeps`).
 
-* **Design**: the factors, the baseline cell (declared, or the first natural cell) and the control cells.
-* **Incidence** per cell: normal / reversed / undecided / failed and the reversal rate among decided runs
-  with its Wilson 95 % interval; **Fisher tests** of every natural cell against the baseline and the
-  **logistic regression** over the factors (`sweep.stats`).
+* **Design**: the factors, the cells by run kind (natural, mitigation, induced, control), the baseline cell
+  (declared, or the first natural cell) and each family's baseline (`sweep.kinds`).
+* **Incidence** per cell: its kind, normal / reversed / undecided (and why) / failed and the reversal rate
+  among decided runs with its Wilson 95 % interval, then each kind's runs pooled (never two kinds in one
+  rate); **Fisher tests** of every cell against its family's baseline and the **logistic regression** over
+  the factors within each family (`sweep.stats`).
 * **Backward phase** per cell: runs whose cross-attention read reversed (direction <= -min_direction) at some
   evaluation, whatever their final label, how many evaluations and between which steps; and runs whose
   attention, G_0 and last block all read as a flip at some evaluation (the near misses of a `reversed` label).
@@ -19,8 +21,9 @@ driver recorded on the parent run, so the numbers are the driver's own. Several 
   12), first, largest and last reading (from the curves).
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last
   block's direction, the flipping block and when the flip happened.
-* **Mechanism** (natural runs only): the flipping block's MHSA/FFN ratio before and after the flip, next to
-  the same block of every run that did not flip, read from its curve at the sweep's median flip step.
+* **Mechanism** (per family of kinds, controls left out): the flipping block's MHSA/FFN ratio before and
+  after the flip, next to the same block of every run that did not flip, read from its curve at the median
+  flip step.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from sweep.kinds import FAMILIES, FAMILY_TEXT, KINDS, reasons_text
 from sweep.results import PoolError, SweepRecord, load_sweeps
 from sweep.stats import IncidenceReport
 from sweep.tracking import default_tracking_uri
 from trainers.config import DetectorConfig
-from trainers.detector.verdict import reads_reversed
+from trainers.detector.verdict import LABELS, reads_reversed
 
 # The detector's own default, for runs that did not log the key.
 DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default
@@ -81,7 +85,7 @@ def _at(curve: pd.Series, step: float) -> float:
 
 def finished_runs(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
     """The runs with a label (not failed, not incomplete), with their depth and detector threshold."""
-    done = trials[trials["label"].isin(("normal", "reversed", "undecided"))].copy()
+    done = trials[trials["label"].isin(LABELS)].copy()
     done["layers"] = [int(history.param(r, "model.layers", 0)) for r in done["run_id"]]
     thresholds = (history.param(r, "detector.min_direction", DEFAULT_MIN_DIRECTION) for r in done["run_id"])
     done["min_direction"] = list(thresholds)
@@ -230,30 +234,161 @@ def _markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
 
 
 def design_lines(record: SweepRecord) -> list[str]:
+    """What the sweep compares: its search, factors, cells by kind and each family's baseline."""
     design = record.design
-    how = "declared" if design.baseline_declared else "the first natural cell"
+    how = "declared" if design.baseline_declared else f"the first {design.kinds.get(design.baseline)} cell"
     baseline = f"`{design.baseline}` ({how})" if design.baseline else "none"
+    others = [
+        f"{family} baseline: `{cell}`" for family, cell in design.baselines.items() if family != "natural"
+    ]
     controls = ", ".join(f"`{c}`" for c in design.control_cells) or "none"
+    kinds = ", ".join(f"{len(design.cells_of(kind))} {kind}" for kind in KINDS if design.cells_of(kind))
     lines = [
         "### Design",
         "",
         f"Search: {design.search}; factors: {', '.join(f'`{f}`' for f in design.factors) or 'none'}; "
-        f"baseline cell: {baseline}; control cells: {controls}"
+        f"baseline cell: {baseline}"
+        + "".join(f"; {text}" for text in others)
+        + f"; control cells: {controls}"
+        + (f"; cells by kind: {kinds}" if kinds else "")
         + (f"; seeds: {design.seeds}" if design.seeds else "")
         + ".",
         "",
     ]
+    if len(design.baselines) > 1:
+        lines += [
+            "Rates never pool two kinds of run, and each cell is compared with the baseline of its family "
+            "(natural and mitigation cells with the natural baseline, induced cells with the induced one).",
+            "",
+        ]
     if design.legacy:
         lines += ["(This sweep predates recorded designs: factors read from its params, no baseline.)", ""]
     return lines
 
 
+def incidence_lines(stats: IncidenceReport) -> list[str]:
+    """Incidence per cell (its kind, label counts, the rate with its interval, why runs are undecided), then
+    the runs of each kind pooled, one kind at a time."""
+    cells = stats.cells.copy()
+    cells["rate [95% CI]"] = [
+        "-" if math.isnan(r.rate) else f"{r.rate:.0%} [{r.ci_low:.0%}, {r.ci_high:.0%}]"
+        for r in cells.itertuples()
+    ]
+    cells["undecided: why"] = [reasons_text(row) for row in stats.cells.to_dict("records")]
+    # n counts runs without an outcome yet (an interrupted sweep's): show how many, when there are any.
+    counts = ["n", "reversed", "normal", "undecided", "failed"] + (
+        ["unfinished"] if cells["unfinished"].any() else []
+    )
+    why = ["undecided: why"] if cells["undecided: why"].any() else []
+    columns = ["cell", "kind", *stats.factors, *counts, "rate [95% CI]", *why]
+    table = _markdown(cells[[c for c in columns if c in cells]])
+    return ["### Incidence", "", table, "", *(f"- {line}" for line in stats.kind_lines()), ""]
+
+
 def comparison_lines(stats: IncidenceReport) -> list[str]:
-    """Fisher tests against the baseline and the logistic regression, as Markdown."""
-    lines = [f"### Fisher exact tests against `{stats.baseline_cell}`", ""] if stats.baseline_cell else []
-    if stats.baseline_cell:
-        lines += [_markdown(stats.fisher.drop(columns="baseline"), ".4g"), ""]
+    """Fisher tests of each cell against its family's baseline, and the logistic regression, as Markdown."""
+    lines = []
+    for baseline, part in stats.fisher.groupby("baseline", sort=False):
+        table = _markdown(part.drop(columns="baseline"), ".4g")
+        lines += [f"### Fisher exact tests against `{baseline}`", "", table, ""]
+    if stats.baseline_cell and stats.fisher.empty:  # a baseline alone in its family: nothing to compare
+        lines += [f"### Fisher exact tests against `{stats.baseline_cell}`", "", "(none)", ""]
     return lines + ["### Logistic regression", "", "```", stats.regression_summary, "```", ""]
+
+
+def backward_lines(finished: pd.DataFrame) -> list[str]:
+    """The backward phase per cell: runs whose attention read reversed at some evaluation."""
+    return [
+        "### Backward phase (attention direction <= -min_direction, 0.5 by default, at some evaluation)",
+        "",
+        "`reversed_encoder`: evaluations whose attention, G_0 and last-block directions all read as a flip "
+        "(accuracy and attention peak not required). `backward_from` / `_to`: first and last such step.",
+        "",
+        _markdown(backward_phase(finished).reset_index(), ".2f"),
+        "",
+    ]
+
+
+def first_step_lines(finished: pd.DataFrame) -> list[str]:
+    """The paper's first step per cell (none for sweeps recorded before its figures)."""
+    initial = first_step(finished)
+    if initial.empty:
+        return []
+    return [
+        "### The paper's first step: the initial frames (running maxima over training)",
+        "",
+        "`cross_initial_lift`: cross-attention mass on the first `detector.initial_frames` encoder "
+        "frames over its uniform share (1: uniform). `self_initial_reach`: the initial frames' "
+        "self-attention mass on the utterance's far half, any block (0.5 uniform, 0 local, 1 mirrored). "
+        "`backward_fraction`: utterances whose attention reads backwards at one evaluation.",
+        "",
+        _markdown(initial.reset_index()),
+        "",
+    ]
+
+
+def dominance_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
+    """The paper's second step per cell: MHSA/FFN and MHSA/residual norm ratios at the paper's depth."""
+    return [
+        "### Self-attention dominance: MHSA/FFN and MHSA/residual norm ratios at the paper's depth (medians)",
+        "",
+        _markdown(dominance(history, finished)),
+        "",
+    ]
+
+
+def reversed_lines(finished: pd.DataFrame) -> list[str]:
+    """Every reversed run with the readings that verify it, and how many pass every check."""
+    flipped = finished[finished["label"] == "reversed"]
+    verify = flipped[
+        ["trial_key", "cell", "kind", "attention_direction", "g0_direction", "encoder_direction"]
+        + ["flip_block", "time_to_flip"]
+    ]
+    lines = ["### Reversed runs, verified", "", _markdown(verify), ""]
+    if len(flipped):
+        ok = reads_reversed(
+            flipped["attention_direction"],
+            flipped["g0_direction"],
+            flipped["encoder_direction"],
+            flipped["min_direction"],
+        )
+        lines += [f"{int(ok.sum())} of {len(flipped)} reversed runs pass every check.", ""]
+    return lines
+
+
+def mechanism_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
+    """Per family of kinds, the flipping block's MHSA/FFN ratio before and after the flip, next to the runs
+    that did not flip; constructed flips (controls) say nothing about the mechanism and are left out."""
+    lines = []
+    for family, kinds in FAMILIES.items():
+        runs = finished[finished["kind"].isin(kinds)]
+        who = FAMILY_TEXT[family]
+        if (runs["label"] == "reversed").any():
+            ratios = mechanism(history, runs)
+            summary = ratios.groupby("label")[["ratio_before", "ratio_after"]].median().reset_index()
+            summary.insert(1, "runs", ratios.groupby("label").size().values)
+            lines += [f"### Mechanism, {who} runs: MHSA/FFN norm ratio of the flipping block (medians)", ""]
+            lines += [_markdown(summary), "", _markdown(ratios[ratios["label"] == "reversed"]), ""]
+        elif len(runs):
+            lines += [f"No {who} run reversed, so there is no flipping block to read the mechanism from.", ""]
+    return lines
+
+
+def plot_lines(history: Histories, finished: pd.DataFrame, plots: Path, record: SweepRecord) -> list[str]:
+    """Every run's curves drawn into `plots`, as Markdown images."""
+    drawn = write_plots(history, finished, plots, record.space_names)
+    return [f"![{p.stem}]({p.as_posix()})" for p in drawn] + [""]
+
+
+def closing_lines(record: SweepRecord, stats: IncidenceReport) -> list[str]:
+    """The sweep's wall time and the statistics' notes."""
+    lines = []
+    if record.wall_seconds is not None:
+        pooled = f" ({len(record.parents)} sweeps, summed)" if len(record.parents) > 1 else ""
+        lines += [f"Sweep wall time: {record.wall_seconds:.0f} s{pooled}.", ""]
+    if stats.notes:
+        lines += ["Notes:", "", *(f"- {note}" for note in stats.notes), ""]
+    return lines
 
 
 def report(
@@ -263,93 +398,23 @@ def report(
     plots: Path | None = None,
     tables: Path | None = None,
 ) -> str:
-    """The sweep's report as Markdown (several ids: the sweeps pooled as one study; none: the newest sweep);
-    `plots`: also draw every run's curves there; `tables`: also write the statistics there as files (the
-    same files the driver logged to the parent run)."""
+    """The sweep's report as Markdown, one section after another (several ids: the sweeps pooled as one
+    study; none: the newest sweep); `plots`: also draw every run's curves there; `tables`: also write the
+    statistics there as files (the same files the driver logged to the parent run)."""
     record = load_sweeps(client, experiment, sweep_ids or [])
     stats = record.incidence()
     if tables is not None:
         from sweep.outputs import write_incidence_files
 
         write_incidence_files(stats, tables, record.trials)
-    factors = record.design.factors
     history = Histories(client)
-    finished = finished_runs(history, record.trials)
-    out = [f"## {record.name}", "", *design_lines(record)]
-
-    cells = stats.cells.copy()
-    cells["rate [95% CI]"] = [
-        "-" if math.isnan(r.rate) else f"{r.rate:.0%} [{r.ci_low:.0%}, {r.ci_high:.0%}]"
-        for r in cells.itertuples()
-    ]
-    # n counts runs without an outcome yet (an interrupted sweep's): show how many, when there are any.
-    counts = ["n", "reversed", "normal", "undecided", "failed"] + (
-        ["unfinished"] if cells["unfinished"].any() else []
-    )
-    columns = ["cell", *factors, *counts, "rate [95% CI]"]
-    out += ["### Incidence", "", _markdown(cells[[c for c in columns if c in cells]]), ""]
-    out += comparison_lines(stats)
-
-    out += [
-        "### Backward phase (attention direction <= -min_direction, 0.5 by default, at some evaluation)",
-        "",
-        "`reversed_encoder`: evaluations whose attention, G_0 and last-block directions all read as a flip "
-        "(accuracy and attention peak not required). `backward_from` / `_to`: first and last such step.",
-        "",
-        _markdown(backward_phase(finished).reset_index(), ".2f"),
-        "",
-    ]
-    initial = first_step(finished)
-    if len(initial):
-        out += [
-            "### The paper's first step: the initial frames (running maxima over training)",
-            "",
-            "`cross_initial_lift`: cross-attention mass on the first `detector.initial_frames` encoder "
-            "frames over its uniform share (1: uniform). `self_initial_reach`: the initial frames' "
-            "self-attention mass on the utterance's far half, any block (0.5 uniform, 0 local, 1 mirrored). "
-            "`backward_fraction`: utterances whose attention reads backwards at one evaluation.",
-            "",
-            _markdown(initial.reset_index()),
-            "",
-        ]
-    out += [
-        "### Self-attention dominance: MHSA/FFN and MHSA/residual norm ratios at the paper's depth (medians)",
-        "",
-        _markdown(dominance(history, finished)),
-        "",
-    ]
-
-    flipped = finished[finished["label"] == "reversed"]
-    verify = flipped[
-        ["trial_key", "cell", "control", "attention_direction", "g0_direction", "encoder_direction"]
-        + ["flip_block", "time_to_flip"]
-    ]
-    out += ["### Reversed runs, verified", "", _markdown(verify), ""]
-    if len(flipped):
-        ok = reads_reversed(
-            flipped["attention_direction"],
-            flipped["g0_direction"],
-            flipped["encoder_direction"],
-            flipped["min_direction"],
-        )
-        out += [f"{int(ok.sum())} of {len(flipped)} reversed runs pass every check.", ""]
-    natural = finished[~finished["control"].astype(bool)]
-    if (natural["label"] == "reversed").any():
-        ratios = mechanism(history, natural)  # constructed flips say nothing about the mechanism
-        summary = ratios.groupby("label")[["ratio_before", "ratio_after"]].median().reset_index()
-        summary.insert(1, "runs", ratios.groupby("label").size().values)
-        out += ["### Mechanism: MHSA/FFN norm ratio of the flipping block (medians)", ""]
-        out += [_markdown(summary), "", _markdown(ratios[ratios["label"] == "reversed"]), ""]
-    elif len(natural):
-        out += ["No natural run reversed, so there is no flipping block to read the mechanism from.", ""]
+    finished = finished_runs(history, stats.trials)
+    out = [f"## {record.name}", "", *design_lines(record), *incidence_lines(stats), *comparison_lines(stats)]
+    out += backward_lines(finished) + first_step_lines(finished) + dominance_lines(history, finished)
+    out += reversed_lines(finished) + mechanism_lines(history, finished)
     if plots is not None:
-        drawn = write_plots(history, finished, plots, record.space_names)
-        out += [f"![{p.stem}]({p.as_posix()})" for p in drawn] + [""]
-    if record.wall_seconds is not None:
-        pooled = f" ({len(record.parents)} sweeps, summed)" if len(record.parents) > 1 else ""
-        out += [f"Sweep wall time: {record.wall_seconds:.0f} s{pooled}.", ""]
-    if stats.notes:
-        out += ["Notes:", "", *(f"- {note}" for note in stats.notes), ""]
+        out += plot_lines(history, finished, plots, record)
+    out += closing_lines(record, stats)
     return "\n".join(out)
 
 

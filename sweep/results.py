@@ -9,10 +9,10 @@ e.g. a `base_from` space run later) as one record: a cell that several sweeps ra
 in each, a (cell, seed) may have an outcome in one sweep only, and a run a sweep left without an outcome is
 dropped where another sweep has that (cell, seed)'s outcome. Trial keys become `<sweep id>/<trial key>`.
 
-Trials frame columns: trial_key, cell, seed, status, run_id, then the outcome's row (label, control, steps
-(done), flip_block, time_to_flip, shifted, early_stopped, failure, one column per verdict figure, e.g.
-attention_direction, backward_evaluations), then one column per design factor (values parsed back from
-MLflow's strings).
+Trials frame columns: trial_key, cell, seed, status, run_id, then the outcome's row (label, kind, control,
+reason, steps (done), flip_block, time_to_flip, shifted, early_stopped, failure, one column per verdict
+figure, e.g. attention_direction, backward_evaluations), then one column per design factor (values parsed
+back from MLflow's strings). A run recorded before kinds takes its cell's kind from the design.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweep.design import ARTIFACT, CellDesign, SweepDesign
-from sweep.stats import LABELS, IncidenceReport, incidence_report
+from sweep.stats import IncidenceReport, incidence_report
 from sweep.tracking import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, child_runs
-from trainers.outcome import TrialOutcome
+from trainers.outcome import ENDED_LABELS, TrialOutcome
 from trainers.reported import VERDICT_FIGURES
 
 IDENTITY = ["trial_key", "cell", "seed", "status", "run_id"]
-OUTCOME = ["label", "control", "steps", "flip_block", "time_to_flip", "shifted", "early_stopped", "failure"]
+OUTCOME = ["label", "kind", "control", "reason", "steps", "flip_block", "time_to_flip", "shifted"]
+OUTCOME += ["early_stopped", "failure"]
 COLUMNS = IDENTITY + OUTCOME + list(VERDICT_FIGURES)
 
 
@@ -93,12 +94,17 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[name] = before
 
 
-def trials_frame(client: MlflowClient, parent: Run, factors: list[str]) -> pd.DataFrame:
-    """Every child run of the parent as a row (see the module docstring), sorted by trial key."""
+def trials_frame(
+    client: MlflowClient, parent: Run, factors: list[str], kinds: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Every child run of the parent as a row (see the module docstring), sorted by trial key; `kinds`: the
+    design's cell kinds, for runs recorded before their outcome carried one."""
     runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     rows = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
+        if "kind" not in tags and (kinds or {}).get(tags.get("cell", "")):
+            tags = {**tags, "kind": kinds[tags["cell"]]}
         outcome = TrialOutcome.from_mlflow(tags, run.data.metrics, run.info.status)
         row = {
             "trial_key": tags.get(TRIAL_TAG),
@@ -176,7 +182,7 @@ def load_sweep(
     else:
         raise ValueError("load_sweep needs an experiment name or a parent run id")
     design = read_design(client, parent)
-    return SweepRecord([parent], design, trials_frame(client, parent, design.factors))
+    return SweepRecord([parent], design, trials_frame(client, parent, design.factors, design.kinds))
 
 
 class PoolError(ValueError):
@@ -191,7 +197,7 @@ def load_sweeps(client: MlflowClient, experiment: str, sweep_ids: list[str]) -> 
     designs = [read_design(client, parent) for parent in parents]
     design = pool_designs(designs)
     # Each sweep's trials read with the pooled factors: a child run's params hold its whole trial config.
-    frames = [trials_frame(client, parent, design.factors) for parent in parents]
+    frames = [trials_frame(client, parent, design.factors, design.kinds) for parent in parents]
     return SweepRecord(parents, design, pool_trials(frames, [d.sweep_id for d in designs]))
 
 
@@ -260,7 +266,7 @@ def pool_trials(frames: list[pd.DataFrame], sweep_ids: list[str]) -> pd.DataFram
         for frame, sweep_id in zip(frames, sweep_ids, strict=True)
     ]
     pooled = pd.concat(parts, ignore_index=True)
-    ended = pooled["label"].isin(LABELS)
+    ended = pooled["label"].isin(ENDED_LABELS)
     pair = pd.MultiIndex.from_frame(pooled[["cell", "seed"]])
     with_outcome = pair[ended]
     twice = pooled[ended & pair.isin(with_outcome[with_outcome.duplicated()])]

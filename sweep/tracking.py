@@ -1,5 +1,17 @@
 """MLflow bookkeeping: one parent run per sweep, one nested child run per trial.
 
+Where each part of a sweep's MLflow record is written:
+
+* here, `Tracker`: the runs themselves (create, find again after a resume, end), batched writes, the
+  experiment's kind and the source tags of the code every run ran;
+* `sweep.driver`: the parent run's contents: the design's params, `design.json`, the space files, the
+  uncommitted diff, and at the end the incidence metrics and files (`sweep.stats`, `sweep.outputs`);
+* `sweep.callbacks`: each trial's child run: its tags (cell, kind, seed), the trial config and kind as
+  params, its curves as it reports, an attention image per evaluation, and its outcome at the end;
+* `trainers.outcome.TrialOutcome`: the names of a child run's outcome (tags `label`, `kind`, `reason`,
+  `error`; metrics `verdict/*`, `trial/*`), written by `mlflow_tags` / `mlflow_metrics` and read back by
+  `from_mlflow` (`sweep.results`).
+
 Every write goes through `MlflowClient.log_batch` with only the keys we want (Ray's MLflowLoggerCallback logs
 each result key with its own call and is ~10x slower). Child runs are found again by the tags
 `flipsweep.sweep_id` + `flipsweep.trial_key`, so a resumed sweep keeps each trial's run: no duplicates, none

@@ -25,6 +25,15 @@ from sweep.trainable import run_tune_trial, trial_key, trial_title
 # to call `Tuner.restore`. Both are said better, in one line, by the driver (`--resume`).
 _ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 _TUNE_LOGGER = "ray.tune.tune"
+# A new local Ray cluster turns token authentication on by default (RAY_AUTH_MODE unset) and says so in a
+# warning on every start. The driver's own local cluster keeps Ray's default and the line stays in Ray's
+# session log; what a user must do on a cluster of their own is in README ("Running it for real").
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_AUTH_DEFAULT_NOTICE = "Token authentication is enabled for this Ray cluster"
+# Tune prints every trial error with its whole traceback (an `ActorDiedError` of a worker killed by the OS is
+# 30 lines), also when it then retries the trial from its checkpoint; the driver says it in one line instead
+# (`sweep.callbacks.retry_line`, `finish`), and the traceback stays in the trial's error.txt.
+PRINT_TRIAL_ERRORS = "TUNE_PRINT_ALL_TRIAL_ERRORS"
 
 
 class _SaidByTheDriver(logging.Filter):
@@ -169,15 +178,28 @@ def _trainable(space):
     return tune.with_resources(run_tune_trial, resources)
 
 
+class _DefaultAuthNotice(logging.Filter):
+    """Drops Ray's notice that a new local cluster enabled token authentication by default."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_AUTH_DEFAULT_NOTICE)
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the Ray cluster at `address`, or start a local one of `num_cpus` (default: all) for this sweep."""
     import ray
 
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
         ray.init(address=address, **options)
-    else:  # num_cpus may only be given to a local Ray (Ray refuses it with an address)
-        os.environ.pop("RAY_ADDRESS", None)
+        return
+    os.environ.pop("RAY_ADDRESS", None)  # num_cpus may only be given to a local Ray (refused with an address)
+    logger, notice = logging.getLogger(_AUTH_LOGGER), _DefaultAuthNotice()
+    logger.addFilter(notice)
+    try:
         ray.init(num_cpus=num_cpus, **options)
+    finally:
+        logger.removeFilter(notice)
 
 
 def concurrent_slots(space, n_trials: int) -> int:

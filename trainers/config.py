@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PosEnc = Literal["rel_shaw", "rel_xl", "abs", "abs+rel_shaw", "rope", "none"]
 POS_ENCODINGS: tuple[str, ...] = PosEnc.__args__
+ForcedTarget = Literal["centre", "first", "frame", "window"]
+FORCED_TARGETS: tuple[str, ...] = ForcedTarget.__args__
+
+# Keys that were renamed: each old name is refused with the new one, never silently ignored or translated.
+RENAMED_KEYS: dict[str, str] = {
+    "model.center_attention_steps": "model.forced_attention_steps",
+    "model.center_attention_blend_steps": "model.forced_attention_blend_steps",
+}
 
 
 class ConfigError(ValueError):
@@ -154,11 +162,23 @@ class ModelConfig(_Section):
     self_attention_off_steps: int = Field(
         0, ge=0, description="self-attention reduced to its value projection before this step (mitigation)"
     )
-    center_attention_steps: int = Field(
-        0, ge=0, description="cross-attention forced onto the centre frame before this step (mitigation)"
+    forced_attention_steps: int = Field(
+        0,
+        ge=0,
+        description="cross-attention forced onto forced_attention_at before this step (centre: the paper's "
+        "mitigation; elsewhere: step 1 induced); meanwhile the detector reads the decoder's own, learned "
+        "attention, not the forced one",
     )
-    center_attention_blend_steps: int = Field(
-        0, ge=0, description="steps over which forced centre attention blends into the learned one"
+    forced_attention_blend_steps: int = Field(
+        0, ge=0, description="steps over which the forced cross-attention blends into the learned one"
+    )
+    forced_attention_at: ForcedTarget = Field(
+        "centre",
+        description="the forced target: centre (the middle frame, index T'//2 from 0), first (the first "
+        "frame), frame (the k-th frame), or window (uniform over the first k frames); k in encoder frames",
+    )
+    forced_attention_frames: int = Field(
+        1, ge=1, description="k of forced_attention_at frame / window (from 1; clipped to the utterance)"
     )
     init: Literal["torch", "returnn"] = Field(
         "torch",
@@ -167,7 +187,7 @@ class ModelConfig(_Section):
     )
     attention_bias: bool = Field(True, description="biases in self-attention q/k/v/out (paper: none)")
     abs_pos_xscale: bool = Field(
-        False, description="abs positions are added to x * sqrt(d_model), not x (Transformer convention, v6)"
+        False, description="abs positions are added to x * sqrt(d_model), not x (the Transformer convention)"
     )
     control: Literal["none", "reverse_encoder"] = Field(
         "none", description="reverse_encoder: time reversed by construction (detector control, never natural)"
@@ -263,6 +283,13 @@ class DetectorConfig(_Section):
         description="... or mean max weight at least this many times uniform (peak x T'); neither: undecided "
         "(up to T' = min_focus / min_peak only min_peak can hold)",
     )
+    max_word_overlap: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="... or, where labels share words (speech), consecutive words' pooled attention "
+        "overlapping at most this much (1 - total variation; trainers.detector.readings.word_overlap)",
+    )
     min_agreement: float = Field(
         0.75,
         ge=0.5,
@@ -270,7 +297,13 @@ class DetectorConfig(_Section):
         description="reversed needs this fraction of utterances reading backwards; normal at most 1 - this",
     )
     initial_frames: int = Field(
-        3, ge=1, description="encoder frames that count as an utterance's initial frames (mechanism figures)"
+        3, ge=1, description="encoder frames that count as an utterance's initial frames (sink, mechanism)"
+    )
+    sink_lift: float = Field(
+        3.0,
+        gt=1,
+        description="initial frames drawing this many times their uniform share of cross-attention are a "
+        "start-edge sink: direction and focus are read outside it, and a run focused only there is undecided",
     )
     gradient_chunk: int = Field(
         64, ge=1, description="(utterance, label) copies per backward pass of the gradient maps (memory)"
@@ -367,23 +400,21 @@ def run_kind(config: TrialConfig) -> RunKind:
     """What a run is, read off its config; the one place that decides it.
 
     * control: time reversed by construction (`model.control`): tests the detector, never a finding.
-    * induced: training is pushed along the paper's mechanism: self-attention scaled or scheduled
-      (`mhsa_scale` != 1, `mhsa_scale_schedule`). A flip here answers "is the mechanism sufficient?", never
-      "how often does it happen?", so it is counted apart from natural runs, mitigations on it included.
-    * mitigation: one of the paper's mitigations (CTC aux, self-attention off early, forced centre-frame
-      cross-attention) on otherwise natural training.
+    * induced: training is pushed along the paper's mechanism: cross-attention forced onto any target but
+      the centre frame (step 1), or self-attention scaled or scheduled (`mhsa_scale` != 1,
+      `mhsa_scale_schedule`: step 2). A flip here answers "is the mechanism sufficient?", never "how often
+      does it happen?", so it is counted apart from natural runs, mitigations on it included.
+    * mitigation: one of the paper's mitigations (CTC aux, self-attention off early, cross-attention forced
+      onto the centre frame) on otherwise natural training.
     * natural: none of the above.
     """
     m = config.model
     if m.control != "none":
         return "control"
-    if m.mhsa_scale != 1.0 or m.mhsa_scale_schedule:
+    forced = m.forced_attention_steps + m.forced_attention_blend_steps > 0
+    if m.mhsa_scale != 1.0 or m.mhsa_scale_schedule or (forced and m.forced_attention_at != "centre"):
         return "induced"
-    if (
-        m.ctc_layers
-        or m.self_attention_off_steps > 0
-        or m.center_attention_steps + m.center_attention_blend_steps > 0
-    ):
+    if m.ctc_layers or m.self_attention_off_steps > 0 or forced:
         return "mitigation"
     return "natural"
 
@@ -431,10 +462,19 @@ def build_config(*layers: dict[str, Any]) -> TrialConfig:
                 merged[section].update(value)
             else:
                 merged[section] = value
+    for section, value in merged.items():
+        for key in value if isinstance(value, dict) else ():
+            if f"{section}.{key}" in RENAMED_KEYS:
+                raise ConfigError(f"{section}.{key}", renamed_key_message(f"{section}.{key}"))
     try:
         return TrialConfig.model_validate(merged)
     except ValidationError as exc:
         raise _from_validation(exc) from None
+
+
+def renamed_key_message(key: str) -> str:
+    """The one line that refuses an old key name: which key to write instead."""
+    return f"renamed: use {RENAMED_KEYS[key]}"
 
 
 def flatten(config: TrialConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,16 @@ from typing import Protocol
 import numpy as np
 
 EOS = 0  # also BOS, as in the paper; labels are 1..vocab_size - 1
-HELDOUT_STREAM = 2**31 - 1  # the random stream of the held-out set: no trial seed trains on it
+
+# Random streams: the last entry of a numpy seed sequence ([data seed, (trial seed, step,) TAG]), so that
+# the streams drawn from one seed never overlap.
+CORPUS_STREAM = 0  # the synthetic corpus itself: prototypes and bigram model
+BATCH_STREAM = 1  # independently drawn training batches
+BUCKET_STREAM = 2  # pools of training batches cut by length (data.bucket_batches)
+HELDOUT_STREAM = 2**31 - 1  # the held-out set: no trial seed trains on it
+# SpecAugment's masks come from a torch generator, which takes one integer: trial seed * this + step (a
+# prime above any trial's steps, so that two seeds' streams do not meet).
+SPECAUGMENT_SEED_STRIDE = 1_000_003
 
 Span = tuple[int, int]  # [start, end) in input frames
 

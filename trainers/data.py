@@ -13,7 +13,7 @@ utterance by its own constant vector, as speakers and channels do. With `fixed_f
 same length (the trailing silence fills it up).
 
 Two feature scales (`data.features`):
-* `linear` (the original corpus): prototypes and silence (= 0) under additive white noise; padding is 0, so
+* `linear` (the default): prototypes and silence (= 0) under additive white noise; padding is 0, so
   padded frames, silence and the convolutions' zero padding all look alike.
 * `log_mel`: what a log-mel frontend sees. Each frame is a non-negative energy per band, 10 ** (log-energy
   track), under multiplicative (periodogram-like, Gamma) noise, then log10 with a floor. Silence sits at
@@ -37,9 +37,16 @@ import torch
 from scipy.ndimage import uniform_filter1d
 
 from trainers.config import DataConfig
-from trainers.corpus import HELDOUT_STREAM, Corpus, Span, Utterance
+from trainers.corpus import (
+    BATCH_STREAM,
+    BUCKET_STREAM,
+    CORPUS_STREAM,
+    HELDOUT_STREAM,
+    Corpus,
+    Span,
+    Utterance,
+)
 
-_BUCKET_STREAM = 2  # stream tag of bucketed pools (tag 1: independent batches)
 LOG_DECADES_PER_UNIT = 1.0 / 3.0  # log_mel: one prototype unit is a third of a decade of energy
 
 
@@ -139,11 +146,11 @@ class TrainStream:
 
     def batch(self, step: int) -> Batch:
         if self.bucket_batches <= 0:
-            rng = np.random.default_rng([*self.stream_seed, step, 1])
+            rng = np.random.default_rng([*self.stream_seed, step, BATCH_STREAM])
             return collate(self.corpus.sample(rng, self.batch_size), self.corpus.pad_value)
         pool, position = divmod(step, self.bucket_batches)
         if self._pool is None or self._pool[0] != pool:
-            rng = np.random.default_rng([*self.stream_seed, pool, _BUCKET_STREAM])
+            rng = np.random.default_rng([*self.stream_seed, pool, BUCKET_STREAM])
             utterances = self.corpus.sample(rng, self.bucket_batches * self.batch_size)
             chunks = sorted_chunks(utterances, self.bucket_batches)
             batches = [collate(chunk, self.corpus.pad_value) for chunk in chunks]
@@ -168,7 +175,7 @@ class SyntheticCorpus:
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
-        rng = np.random.default_rng([cfg.seed, 0])
+        rng = np.random.default_rng([cfg.seed, CORPUS_STREAM])
         dim, n = cfg.feature_dim, cfg.num_labels
         groups = cfg.confusion_groups or n
         # Group centres are far apart; labels sit prototype_separation away from their centre, so small

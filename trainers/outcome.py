@@ -34,15 +34,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainers.config import RunKind
-from trainers.detector.verdict import REASON_CODES, UNDECIDED_REASONS
+from trainers.detector.verdict import LABELS, REASON_CODES, UNDECIDED_REASONS
 from trainers.reported import is_verdict_figure
 
 RESULT_FILE = "result.json"
 ATTENTION_MAPS = "attention_maps"  # one cross-attention image per evaluation: attention_maps/step_000050.png
 ATTENTION_MAP_KEY = "attention"  # the MLflow image key those images are logged under, by step
 
-Label = Literal["normal", "reversed", "undecided", "failed", "incomplete"]
-DECIDED = ("normal", "reversed")
+ENDED_LABELS = (*LABELS, "failed")  # every label a trial can end with: the detector's, or failed
+Label = Literal[(*ENDED_LABELS, "incomplete")]  # incomplete: read back from a run that has not ended
+DECIDED = tuple(label for label in LABELS if label != "undecided")  # the labels a reversal rate counts
 
 # Names the fixed fields use on an MLflow run; no figure may take one of them.
 _FIXED_METRICS = ("decided", "reversed", "reason_code", "shifted", "flip_block", "time_to_flip")

@@ -21,9 +21,16 @@ EVALUATION_FIELDS = (
     "attention_focus",  # mean peak x T' (1: uniform)
     "attention_backward_fraction",  # utterances whose attention reads backwards
     "cross_initial_mass",  # cross-attention mass on the first detector.initial_frames encoder frames
-    "cross_initial_lift",  # ... relative to uniform attention
+    "cross_initial_lift",  # ... relative to uniform attention: a start-edge sink from detector.sink_lift on
+    # The attention outside the sink (the whole attention where there is none): what the label is read on.
+    "outside_sink_direction",
+    "outside_sink_peak",
+    "outside_sink_focus",
+    "outside_sink_backward_fraction",
+    "word_overlap",  # consecutive words' pooled attention overlap (1 - total variation); NaN: label = word
 )
-# The backward phase so far (trainers.detector.verdict.transient), in every report and at the end.
+# The backward phase so far (trainers.detector.verdict.transient), in every report and at the end. Its
+# directions are read outside any start-edge sink.
 RUNNING_PHASE = (
     "min_attention_direction",
     "max_reversal_score",
@@ -37,6 +44,7 @@ SCALARS = (
     "flip_block",
     "shifted",
     "label_code",
+    "reason_code",  # 0 decided, else trainers.detector.verdict.REASON_CODES
     "train_loss",
     "learning_rate",
     *RUNNING_PHASE,
@@ -74,7 +82,11 @@ VERDICT_FIGURES = (
     "tse_position_ms",
     "attention_focus",
     "attention_backward_fraction",
+    "cross_initial_mass",
     "cross_initial_lift",
+    "outside_sink_direction",
+    "outside_sink_focus",
+    "word_overlap",
     # the backward phase (trainers.detector.verdict.transient)
     *RUNNING_PHASE,
     "backward_first_step",

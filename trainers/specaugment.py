@@ -22,6 +22,13 @@ import torch
 from torch import Tensor
 
 from trainers.config import TrainConfig
+from trainers.corpus import SPECAUGMENT_SEED_STRIDE
+
+
+def mask_generator(trial_seed: int, step: int) -> torch.Generator:
+    """The generator of training step `step`'s masks: a function of (trial seed, step) alone, so a resumed
+    trial draws the same masks."""
+    return torch.Generator().manual_seed(trial_seed * SPECAUGMENT_SEED_STRIDE + step)
 
 
 def spec_augment(features: Tensor, lengths: Tensor, step: int, cfg: TrainConfig, generator: torch.Generator):

@@ -43,7 +43,7 @@ from trainers.detector.verdict import Evaluation, should_stop, transient, verdic
 from trainers.model.aed import ConformerAED
 from trainers.outcome import RESULT_FILE, TrialCost, TrialOutcome, attention_map_path
 from trainers.reported import RUNNING_PHASE
-from trainers.specaugment import spec_augment
+from trainers.specaugment import mask_generator, spec_augment
 
 # report(metrics, checkpoint_dir): called after every evaluation; checkpoint_dir is set when resumable state
 # was just saved there (the Ray wrapper turns it into a Tune checkpoint).
@@ -51,12 +51,18 @@ Reporter = Callable[[dict[str, Any], Path | None], None]
 
 STATE_FILE = "state.pt"
 
+# one_cycle: the fraction of training at which the learning rate is back at lr_start, and the final
+# stretch after it that anneals to lr_final (1 - ANNEAL_START, written out: 1 - 0.9 is not 0.1 in floats).
+ANNEAL_START = 0.9
+ANNEAL_LENGTH = 0.1
+
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """The learning rate at `step` (0-based) of `cfg.steps`.
 
     one_cycle (the paper's, epoch-wise there): lr_start -> lr_peak linearly over the warmup fraction, back to
-    lr_start at 90 % of training, then down to lr_final. warmup_constant: 0 -> lr_peak, then constant.
+    lr_start at ANNEAL_START (90 %) of training, then down to lr_final. warmup_constant: 0 -> lr_peak, then
+    constant.
     """
     progress = step / cfg.steps
     warmup = cfg.lr_warmup
@@ -64,9 +70,9 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr_peak * min(1.0, progress / warmup) if warmup > 0 else cfg.lr_peak
     if progress < warmup:
         return cfg.lr_start + (cfg.lr_peak - cfg.lr_start) * progress / warmup
-    if progress < 0.9:
-        return cfg.lr_peak + (cfg.lr_start - cfg.lr_peak) * (progress - warmup) / (0.9 - warmup)
-    return cfg.lr_start + (cfg.lr_final - cfg.lr_start) * (progress - 0.9) / 0.1
+    if progress < ANNEAL_START:
+        return cfg.lr_peak + (cfg.lr_start - cfg.lr_peak) * (progress - warmup) / (ANNEAL_START - warmup)
+    return cfg.lr_start + (cfg.lr_final - cfg.lr_start) * (progress - ANNEAL_START) / ANNEAL_LENGTH
 
 
 def make_corpus(config: TrialConfig) -> Corpus:
@@ -86,21 +92,37 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+# The layers whose weight matrices and kernels are decayed. Everything else is not: biases, norms, embedding
+# tables and learned position tables (the paper excludes embeddings and learned positions).
+DECAYED_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.LSTMCell)
+
+
+def decayed_weights(model: torch.nn.Module) -> set[torch.nn.Parameter]:
+    """The parameters that get weight decay, chosen by what they are (nanoGPT's rule): the >= 2-D weights
+    of the layers in DECAYED_LAYERS."""
+    return {
+        parameter
+        for module in model.modules()
+        if isinstance(module, DECAYED_LAYERS)
+        for parameter in module.parameters(recurse=False)
+        if parameter.ndim >= 2
+    }
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No decay on biases, norms and embedding tables (the paper excludes embeddings and learned positions).
     # Decoder groups carry their own LR multiplier: a slow decoder leaves the encoder to adapt to it.
+    decayed = decayed_weights(model)
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
-        vector_like = parameter.ndim < 2 or "embed" in name or "pos_bias" in name
-        groups.setdefault((name.startswith("decoder."), vector_like), []).append(parameter)
+        groups.setdefault((name.startswith("decoder."), parameter not in decayed), []).append(parameter)
     return torch.optim.AdamW(
         [
             {
                 "params": params,
-                "weight_decay": 0.0 if vector_like else cfg.weight_decay,
+                "weight_decay": 0.0 if not_decayed else cfg.weight_decay,
                 "lr_scale": cfg.decoder_lr_scale if in_decoder else 1.0,
             }
-            for (in_decoder, vector_like), params in sorted(groups.items())
+            for (in_decoder, not_decayed), params in sorted(groups.items())
         ],
         lr=cfg.lr_start,
         eps=cfg.adam_eps,
@@ -110,7 +132,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 class Trial:
     """State of one training run; `run()` trains, evaluates and writes the outputs."""
 
-    def __init__(self, config: TrialConfig, out_dir: Path, report: Reporter | None = None, log=print):
+    def __init__(self, config: TrialConfig, out_dir: Path, *, report: Reporter | None = None, log=print):
         self.cfg = config
         self.out_dir = out_dir
         self.report = report
@@ -176,19 +198,18 @@ class Trial:
     def train_step(self) -> float:
         cfg = self.cfg.train
         batch = self.stream.batch(self.step)  # may be cached (bucketed pools): never modified in place
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        generator = mask_generator(self.cfg.seed, self.step)
         features = spec_augment(batch.features, batch.feature_lengths, self.step, cfg, generator)
         batch = replace(batch, features=features).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr_scale"] * learning_rate(self.step, cfg)
         self.model.train()
+        self.model.set_step(self.step)
         autocast = torch.autocast(
             "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
         )
         with autocast:
-            out = self.model(
-                batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step=self.step
-            )
+            out = self.model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths)
             loss, _ = self.model.loss(out, cfg.label_smoothing, cfg.ctc_scale)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}")
@@ -302,13 +323,14 @@ def _json_default(value: Any) -> Any:
 def run_trial(
     config: TrialConfig | dict[str, Any],
     out_dir: str | Path,
+    *,
     report: Reporter | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train one trial to its verdict and return result.json's content. Resumes from `out_dir` if it can."""
     if not isinstance(config, TrialConfig):
         config = build_config(config)
-    return Trial(config, Path(out_dir), report, log).run()
+    return Trial(config, Path(out_dir), report=report, log=log).run()
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

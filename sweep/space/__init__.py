@@ -73,7 +73,7 @@ def _load(path: Path, confirm: bool, chain: tuple[Path, ...]) -> SpaceFile:
         base_files = [(parent.path, parent.text), *parent.base_files]
     trainer = checks.check_trainer(doc, space)
     checks.check_mode(doc, space)
-    checks.check_keys(doc, space, set(trainer.known_keys()))
+    checks.check_keys(doc, space, set(trainer.known_keys()), trainer.renamed_keys)
     defaults = flatten(trainer.build_config())
     if space.search == "grid":
         checks.check_levels(doc, space)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from sweep.registry import TRAINERS, TrainerSpec, get_trainer
@@ -55,8 +56,11 @@ def check_mode(doc: Document, space: Space) -> None:
             raise doc.error(("objective", "metric"), message)
 
 
-def check_keys(doc: Document, space: Space, known: set[str]) -> None:
-    """Every dotted key in base / factors / cells / ranges is a trial-config key, and none sets the seed."""
+def check_keys(
+    doc: Document, space: Space, known: set[str], renamed: Mapping[str, str] | None = None
+) -> None:
+    """Every dotted key in base / factors / cells / ranges is a trial-config key, and none sets the seed;
+    a renamed key is refused with the key that replaced it."""
     groups: list[tuple[KeyPath, dict[str, Any]]] = [(("base",), space.base), (("factors",), space.factors)]
     groups += [(("cells", i), entry_values(cell)) for i, cell in enumerate(space.cells)]
     groups.append((("ranges",), space.ranges))
@@ -65,6 +69,8 @@ def check_keys(doc: Document, space: Space, known: set[str]) -> None:
             where = (*parent, str(key))
             if key == "seed":
                 raise doc.error(where, "the seed cannot be set here: replicates (and seed) choose the seeds")
+            if renamed and key in renamed:
+                raise doc.error(where, f"renamed: use {renamed[key]}")
             if key not in known:
                 raise doc.error(where, "unknown trial-config key" + suggest(key, known))
 

@@ -34,7 +34,12 @@ class Cell:
     name: str
     values: dict[str, Any]  # dotted trial-config keys as written (factor levels, or the extra cell's keys)
     overrides: dict[str, Any]  # base + values, as the trial config normalised them (no seed)
-    control: bool  # model.control != "none": reversed by construction, never pooled with natural runs
+    kind: str  # the trainer's run kind of its config (`sweep.kinds`): never pooled with another kind
+
+    @property
+    def control(self) -> bool:
+        """Reversed by construction: tests the detector."""
+        return self.kind == "control"
 
 
 @dataclass
@@ -73,7 +78,11 @@ class TrialSpec:
     replicate: int
     seed: int
     overrides: dict[str, Any]  # dotted keys: base + cell values + {"seed": seed}
-    control: bool
+    kind: str  # its cell's run kind (`sweep.kinds`)
+
+    @property
+    def control(self) -> bool:
+        return self.kind == "control"
 
 
 # -- trial configs ------------------------------------------------------------------------------------------
@@ -115,11 +124,11 @@ def build(doc: Document, trainer: TrainerSpec, layers: list[Layer], context: str
         raise doc.error(place.at, message, key=place.key) from None
 
 
-def settled(config: Any, keys: list[str]) -> tuple[dict[str, Any], bool]:
-    """(overrides, control): the given dotted keys with the values the trial config validated (`1` -> `1.0`
-    for a float key, so trials carry clean types), and whether the config is a control."""
+def settled(trainer: TrainerSpec, config: Any, keys: list[str]) -> tuple[dict[str, Any], str]:
+    """(overrides, kind): the given dotted keys with the values the trial config validated (`1` -> `1.0`
+    for a float key, so trials carry clean types), and the config's run kind (`TrainerSpec.run_kind`)."""
     flat = flatten(config)
-    return {key: flat[key] for key in keys}, flat.get("model.control", "none") != "none"
+    return {key: flat[key] for key in keys}, trainer.run_kind(config)
 
 
 def _format(value: Any, digits: int | None = None) -> str:
@@ -178,5 +187,5 @@ def grid_cells(doc: Document, space: Space, trainer: TrainerSpec) -> list[Cell]:
         first_index[name] = index
         config = build(doc, trainer, [base, layer], context)
         keys = list(dict.fromkeys([*space.base, *layer[0]]))
-        cells.append(Cell(index, name, layer[0], *settled(config, keys)))
+        cells.append(Cell(index, name, layer[0], *settled(trainer, config, keys)))
     return cells

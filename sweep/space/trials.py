@@ -8,6 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from sweep.kinds import KINDS
 from sweep.space.configs import Place, SpaceFile, TrialSpec, base_layer, build, cell_name, settled
 from sweep.space.schema import Range, entry_values
 
@@ -31,7 +32,7 @@ def expand(space: SpaceFile) -> list[TrialSpec]:
             replicate=replicate,
             seed=seed,
             overrides={**cell.overrides, "seed": seed},
-            control=cell.control,
+            kind=cell.kind,
         )
         for cell in space.grid_cells
         for replicate, seed in enumerate(space.seeds)
@@ -68,9 +69,9 @@ def sample_random(space: SpaceFile, rng_seed: int) -> list[TrialSpec]:
         places = {key: Place(f"ranges.{key}", ("ranges", key)) for key in values}
         name = cell_name(values, digits=3)
         config = build(space.doc, trainer, [base, (values, places)], f" (sample {name})")
-        overrides, control = settled(config, list(dict.fromkeys([*model.base, *values])))
+        overrides, kind = settled(trainer, config, list(dict.fromkeys([*model.base, *values])))
         seed = model.seed + i
-        specs.append(TrialSpec(f"s{i:0{width}d}", name, i, 0, seed, {**overrides, "seed": seed}, control))
+        specs.append(TrialSpec(f"s{i:0{width}d}", name, i, 0, seed, {**overrides, "seed": seed}, kind))
     return specs
 
 
@@ -78,7 +79,7 @@ def base_overrides(space: SpaceFile) -> dict[str, Any]:
     """`base` as the trial config validated it (types cleaned, corpus paths absolute): what an Optuna trial
     starts from, since Ray runs each trial in its own working folder, not where the driver was started."""
     config = build(space.doc, space.trainer_spec, [base_layer(space.model)])
-    return settled(config, list(space.model.base))[0]
+    return settled(space.trainer_spec, config, list(space.model.base))[0]
 
 
 def trial_specs(space: SpaceFile) -> list[TrialSpec]:
@@ -100,13 +101,13 @@ def factor_names(space: SpaceFile) -> list[str]:
 
 
 def trial_table(specs: list[TrialSpec]) -> str:
-    """A plain-text table of trials (key, cell, seed, control) for --dry-run, with a count at the end."""
+    """A plain-text table of trials (key, cell, seed, kind) for --dry-run, with a count at the end: cells by
+    kind (`sweep.kinds`), in the order natural, mitigation, induced, control."""
     if not specs:
         return "no trials"
-    rows = [(s.trial_key, s.cell, s.seed, "yes" if s.control else "") for s in specs]
-    headers = ("trial", "cell", "seed", "control")
+    rows = [(s.trial_key, s.cell, s.seed, s.kind) for s in specs]
+    headers = ("trial", "cell", "seed", "kind")
     table = tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
-    n_cells = len({s.cell_index for s in specs})
-    n_controls = len({s.cell_index for s in specs if s.control})
-    count = f"{len(specs)} trials in {n_cells} cells" + (f" ({n_controls} control)" if n_controls else "")
-    return table + "\n" + count
+    kinds = {s.cell_index: s.kind for s in specs}
+    by_kind = ", ".join(f"{n} {kind}" for kind in KINDS if (n := sum(k == kind for k in kinds.values())))
+    return table + "\n" + f"{len(specs)} trials in {len(kinds)} cells ({by_kind})"

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweep.kinds import FAMILY_TEXT
 from sweep.stats.tables import (
     as_level,
     decided_runs,
+    family_runs,
     level_order,
-    natural_runs,
     prepare,
     varying_factors,
     wilson_interval,
@@ -91,9 +92,14 @@ def _fit_logit(y: pd.Series, design: pd.DataFrame):
 
 
 def logistic_regression(
-    df: pd.DataFrame, factors: Sequence[str], reference: dict[str, Any] | None = None
+    df: pd.DataFrame,
+    factors: Sequence[str],
+    reference: dict[str, Any] | None = None,
+    *,
+    family: str = "natural",
 ) -> tuple[pd.DataFrame, str]:
-    """Odds of reversing (vs normal) per factor level: a main-effects logit model on natural decided runs.
+    """Odds of reversing (vs normal) per factor level: a main-effects logit model on the decided runs of one
+    family of kinds (`sweep.kinds`: natural and mitigation runs, or induced runs; never both).
 
     Factors are treatment-coded against `reference[factor]` (default: the first level in `level_order`);
     factors with a single level among decided runs are left out. Odds ratios come with Wald 95 % intervals
@@ -101,13 +107,14 @@ def logistic_regression(
     singular design) the table is empty and the text says why.
     """
     factors = list(factors)
-    decided = decided_runs(natural_runs(prepare(df, factors)))
+    decided = decided_runs(family_runs(prepare(df, factors), family))
     empty = pd.DataFrame(columns=REGRESSION_COLUMNS)
     y = (decided["label"] == "reversed").astype(int)
     k, n = int(y.sum()), len(y)
     varying = varying_factors(decided, factors)
     head = [
-        "Logistic regression: P(reversed) vs P(normal), natural decided runs, treatment-coded factors.",
+        f"Logistic regression: P(reversed) vs P(normal), {FAMILY_TEXT[family]} decided runs, treatment-coded"
+        " factors.",
         f"Decided runs: {n} ({k} reversed, {n - k} normal).",
     ]
     if reference:  # the baseline cell's levels, so that every reader sees what "vs baseline" means here

@@ -1,14 +1,15 @@
-"""Time to flip: Kaplan-Meier curves of P(not yet reversed) over training steps, for natural runs."""
+"""Time to flip: Kaplan-Meier curves of P(not yet reversed) over training steps, for runs of given kinds."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from sweep.stats.tables import level_order, natural_runs, prepare
+from sweep.stats.tables import level_order, prepare
 
 CURVE_COLUMNS = ["factor", "group", "step", "at_risk", "events", "survival", "ci_low", "ci_high"]
 CURVE_COLUMNS += ["median_time_to_flip"]
@@ -47,15 +48,19 @@ def _km_rows(times: np.ndarray, events: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def time_to_flip_curve(df: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
-    """Kaplan-Meier estimate of P(not yet flipped) against training step, for natural runs.
+def time_to_flip_curve(
+    df: pd.DataFrame, by: str | None = None, *, kinds: Sequence[str] = ("natural",)
+) -> pd.DataFrame:
+    """Kaplan-Meier estimate of P(not yet flipped) against training step, for the runs of `kinds` (natural
+    runs unless told; `sweep.kinds` says which kinds may share a curve).
 
     Event: a `reversed` run with a `time_to_flip`. Every other run (normal, undecided, or reversed without
     a recorded flip step) is censored at its `steps`; failed runs are left out. With `by`, one curve per
     level of that factor. Columns: factor (`by` or "all"), group, step, at_risk, events, survival, ci_low,
     ci_high (log-log 95 %), median_time_to_flip (nan when the curve never reaches 0.5).
     """
-    df = natural_runs(prepare(df, [by] if by else []))
+    df = prepare(df, [by] if by else [])
+    df = df[df["kind"].isin(kinds)]
     df = df[df["label"] != "failed"]
     event = (df["label"] == "reversed") & df["time_to_flip"].notna()
     time = df["time_to_flip"].where(event, df["steps"])

@@ -1,4 +1,7 @@
-"""Counts, rates and the tables of a sweep: per cell, per factor level, and each cell against the baseline."""
+"""Counts, rates and the tables of a sweep: per cell, per factor level, and each cell against its baseline.
+
+Which runs pool into a rate and which cells compare with which follows the one rule of `sweep.kinds`.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +15,21 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-LABELS = ("reversed", "normal", "undecided", "failed")
+from sweep.kinds import FAMILIES, KINDS, family_of
+from trainers.detector.verdict import UNDECIDED_REASONS
+from trainers.outcome import DECIDED, ENDED_LABELS
+
 UNSET = "(unset)"
 REQUIRED = ("trial_key", "cell", "control", "label", "steps", "time_to_flip", "attention_direction")
 
 CELL_COUNTS = ["n", "reversed", "normal", "undecided", "failed", "unfinished", "decided"]
 CELL_COUNTS += ["rate", "ci_low", "ci_high"]
-MARGINAL_COLUMNS = ["factor", "level", "n", "decided", "reversed", "normal", "undecided", "failed"]
+# Why a cell's undecided runs are undecided: one count per reason (runs recorded before reasons have none).
+REASON_COUNTS = [f"undecided_{reason}" for reason in UNDECIDED_REASONS]
+MARGINAL_COLUMNS = ["family", "factor", "level", "n", "decided", "reversed", "normal", "undecided", "failed"]
 MARGINAL_COLUMNS += ["unfinished", "rate", "ci_low", "ci_high"]
-FISHER_COLUMNS = ["cell", "reversed", "normal", "rate", "baseline", "baseline_reversed", "baseline_normal"]
-FISHER_COLUMNS += ["baseline_rate", "odds_ratio", "p_value", "p_holm"]
+FISHER_COLUMNS = ["cell", "kind", "reversed", "normal", "rate", "baseline", "baseline_reversed"]
+FISHER_COLUMNS += ["baseline_normal", "baseline_rate", "odds_ratio", "p_value", "p_holm"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -52,11 +60,11 @@ def reversal_rate(reversed_: int, decided: int) -> tuple[float, float, float]:
 def label_counts(labels: pd.Series) -> dict[str, Any]:
     """Label counts, decided runs and the reversal rate of one group of trials.
 
-    Labels outside LABELS (a run of an interrupted sweep, still `incomplete`) are no outcome yet: they count
-    in n and as `unfinished`, never in a rate.
+    Labels outside ENDED_LABELS (a run of an interrupted sweep, still `incomplete`) are no outcome yet: they
+    count in n and as `unfinished`, never in a rate.
     """
     tally = labels.value_counts()
-    counts = {label: int(tally.get(label, 0)) for label in LABELS}
+    counts = {label: int(tally.get(label, 0)) for label in ENDED_LABELS}
     counts["unfinished"] = int(len(labels)) - sum(counts.values())
     decided = counts["reversed"] + counts["normal"]
     rate, low, high = reversal_rate(counts["reversed"], decided)
@@ -98,14 +106,22 @@ def level_order(values: Iterable[Hashable]) -> list[Hashable]:
 
 
 def prepare(df: pd.DataFrame, factors: Sequence[str] = ()) -> pd.DataFrame:
-    """A checked copy of the trials frame with normalised labels, `control` flags and factor levels."""
+    """A checked copy of the trials frame with normalised labels, run kinds, `control` flags, undecided
+    reasons and factor levels. A frame without a `kind` (or a row without one) reads a control as `control`
+    and anything else as `natural`; `control` then follows the kind."""
     missing = [c for c in (*REQUIRED, *factors) if c not in df.columns]
     if missing:
         raise ValueError(f"trials frame lacks column(s) {missing}")
     out = df.copy()
     out["cell"] = out["cell"].astype(str)
     out["label"] = out["label"].astype(str).str.strip().str.lower()
-    out["control"] = out["control"].map(as_bool).astype(bool)
+    control = out["control"].map(as_bool).astype(bool)
+    given = out["kind"] if "kind" in out.columns else pd.Series(None, index=out.index, dtype=object)
+    known = given.where(given.isin(KINDS))
+    out["kind"] = known.fillna(control.map({True: "control", False: "natural"})).astype(str)
+    out["control"] = out["kind"] == "control"
+    reason = out["reason"] if "reason" in out.columns else pd.Series(None, index=out.index, dtype=object)
+    out["reason"] = reason.where(reason.isin(UNDECIDED_REASONS) & (out["label"] == "undecided"))
     for column in ("steps", "time_to_flip", "attention_direction"):
         out[column] = pd.to_numeric(out[column], errors="coerce")
     for factor in factors:
@@ -114,13 +130,34 @@ def prepare(df: pd.DataFrame, factors: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def natural_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The trials outside control cells (a prepared frame)."""
-    return df[~df["control"]]
+    """The natural runs: no intervention, no control (a prepared frame)."""
+    return kind_runs(df, "natural")
+
+
+def kind_runs(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The runs of one kind (a prepared frame): what one pooled rate counts."""
+    return df[df["kind"] == kind]
+
+
+def family_runs(df: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The runs of one family of kinds (a prepared frame): what one comparison may hold (`sweep.kinds`)."""
+    return df[df["kind"].isin(FAMILIES[family])]
+
+
+def families_present(df: pd.DataFrame) -> list[str]:
+    """The families with runs in a prepared frame, in `FAMILIES` order."""
+    return [family for family in FAMILIES if len(family_runs(df, family))]
+
+
+def reason_counts(df: pd.DataFrame) -> dict[str, int]:
+    """One count per undecided reason (`REASON_COUNTS` names) of a prepared frame."""
+    tally = df["reason"].value_counts()
+    return {f"undecided_{reason}": int(tally.get(reason, 0)) for reason in UNDECIDED_REASONS}
 
 
 def decided_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The trials labelled reversed or normal (a prepared frame)."""
-    return df[df["label"].isin(("reversed", "normal"))]
+    return df[df["label"].isin(DECIDED)]
 
 
 def varying_factors(df: pd.DataFrame, factors: Sequence[str]) -> list[str]:
@@ -133,7 +170,8 @@ def varying_factors(df: pd.DataFrame, factors: Sequence[str]) -> list[str]:
 
 
 def cell_table(df: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
-    """One row per cell (natural cells first, then controls, each in order of first appearance).
+    """One row per cell (cells that are no control first, then controls, each in order of first appearance)
+    with its run kind, label counts, rate and one count per undecided reason.
 
     `median_time_to_flip` is the median flip step among the cell's reversed runs, i.e. *when* runs flip given
     that they do; the censoring-aware answer over all runs is the Kaplan-Meier median of `time_to_flip_curve`.
@@ -150,24 +188,28 @@ def cell_table(df: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
                     "cell": cell,
                     "control": control,
                     # A cell has one configuration; the first value stands for it.
+                    "kind": group["kind"].iloc[0],
                     **{f: group[f].iloc[0] for f in factors},
                     **label_counts(group["label"]),
                     "median_time_to_flip": float(flips.median()) if len(flips) else math.nan,
+                    **reason_counts(group),
                 }
             )
-    columns = ["cell", "control", *factors, *CELL_COUNTS, "median_time_to_flip"]
+    columns = ["cell", "control", "kind", *factors, *CELL_COUNTS, "median_time_to_flip", *REASON_COUNTS]
     return pd.DataFrame(rows, columns=columns)
 
 
 def marginal_rates(df: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
-    """Natural runs pooled over everything but one factor: one row per factor and level."""
-    df = natural_runs(prepare(df, factors))
+    """The runs of one family pooled over everything but one factor: one row per family, factor and level
+    (within a family only, as the regression compares them: `sweep.kinds`)."""
+    df = prepare(df, factors)
     rows = []
-    for factor in factors:
-        for level in level_order(df[factor]):
-            rows.append(
-                {"factor": factor, "level": level, **label_counts(df.loc[df[factor] == level, "label"])}
-            )
+    for family in families_present(df):
+        runs = family_runs(df, family)
+        for factor in factors:
+            for level in level_order(runs[factor]):
+                counts = label_counts(runs.loc[runs[factor] == level, "label"])
+                rows.append({"family": family, "factor": factor, "level": level, **counts})
     out = pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
     # Levels of different factors share a column; keep each one's own type (no 4 -> 4.0).
     out["level"] = pd.Series([row["level"] for row in rows], dtype=object)
@@ -175,24 +217,29 @@ def marginal_rates(df: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
 
 
 def fisher_vs_baseline(df: pd.DataFrame, baseline_cell: str) -> pd.DataFrame:
-    """Each natural cell against the baseline cell: two-sided Fisher exact test on reversed vs normal.
+    """Each cell of the baseline's family against the baseline cell: two-sided Fisher exact test on reversed
+    vs normal (a natural baseline meets the mitigation cells, an induced one the induced cells: see
+    `sweep.kinds`).
 
     The odds ratio is the sample one, (a d) / (b c) for [[reversed, normal] cell, [reversed, normal] baseline]
     (inf or nan when a count is 0). `p_holm` adjusts the p-values for testing every cell against one baseline.
     """
     table = cell_table(df, [])
-    natural = table[~table["control"]].set_index("cell")
-    if baseline_cell not in natural.index:
+    compared = table[~table["control"]].set_index("cell")
+    if baseline_cell not in compared.index:
         raise ValueError(
-            f"baseline cell {baseline_cell!r} is not a natural cell; cells: {list(natural.index)}"
+            f"baseline cell {baseline_cell!r} is not a cell that is no control; cells: {list(compared.index)}"
         )
-    base = natural.loc[baseline_cell]
+    family = family_of(compared.loc[baseline_cell, "kind"])
+    compared = compared[compared["kind"].isin(FAMILIES[family])]
+    base = compared.loc[baseline_cell]
     rows = []
-    for cell, row in natural.drop(index=baseline_cell).iterrows():
+    for cell, row in compared.drop(index=baseline_cell).iterrows():
         result = fisher_exact([[row["reversed"], row["normal"]], [base["reversed"], base["normal"]]])
         rows.append(
             {
                 "cell": cell,
+                "kind": row["kind"],
                 "reversed": row["reversed"],
                 "normal": row["normal"],
                 "rate": row["rate"],

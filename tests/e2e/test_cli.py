@@ -1,4 +1,7 @@
-"""The driver's command line on bad input: exit code 2, one line naming the key and line, nothing written."""
+"""The driver's command line on bad input: exit code 2, one line naming the key and line, nothing written.
+
+One real interpreter per behaviour (a bad space, a dry run, an unreachable server, --help); the same entry
+point, `sweep.run.main`, checks every bad and every shipped space in this process."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,22 +33,41 @@ def test_corpus_is_large_enough():
     assert len(BAD) >= 20
 
 
-def test_every_bad_space_exits_2_and_writes_nothing(tmp_path):
-    def one(path: Path):
-        cwd = tmp_path / path.stem
-        cwd.mkdir()
-        return path, cwd, run_cli([str(path)], cwd)
+def run_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`python -m sweep.run ARGS` in `cwd`, as this process's call of `sweep.run.main`."""
+    import sweep.run
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(one, BAD))
-    for path, cwd, done in outcomes:
-        key, line = expectation(path)
-        assert done.returncode == 2, (path.name, done.stdout, done.stderr)
-        message = done.stderr.strip()
-        assert len(message.splitlines()) == 1, (path.name, message)
-        assert f"{path.name}:{line}:" in message or line == "none", (path.name, message)
-        assert key in message, (path.name, message)
-        assert list(cwd.iterdir()) == [], (path.name, list(cwd.iterdir()))  # no mlflow.db, no results
+    def no_sweep(space):
+        raise AssertionError(f"{args}: the space passed validation and would have run")
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(sweep.run, "prepare_data", no_sweep)  # the step before the driver
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = sweep.run.main(args)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def assert_refused(path: Path, done: subprocess.CompletedProcess, cwd: Path) -> None:
+    """Exit 2, one line naming the file's line and the key, and nothing written where it ran."""
+    key, line = expectation(path)
+    assert done.returncode == 2, (path.name, done.stdout, done.stderr)
+    message = done.stderr.strip()
+    assert len(message.splitlines()) == 1, (path.name, message)
+    assert f"{path.name}:{line}:" in message or line == "none", (path.name, message)
+    assert key in message, (path.name, message)
+    assert list(cwd.iterdir()) == [], (path.name, list(cwd.iterdir()))  # no mlflow.db, no results
+
+
+def test_a_bad_space_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
+    path = ROOT / "tests" / "sweep" / "bad_spaces" / "unknown_factor.yaml"
+    assert_refused(path, run_cli([str(path)], tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_every_bad_space_exits_2_and_writes_nothing(path, tmp_path, monkeypatch, capsys):
+    assert_refused(path, run_in_process([str(path)], tmp_path, monkeypatch, capsys), tmp_path)
 
 
 def test_unreachable_tracking_server_stops_before_training(tmp_path):
@@ -57,9 +78,15 @@ def test_unreachable_tracking_server_stops_before_training(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dry_run_on_the_command_line_prints_the_trials_and_writes_nothing(tmp_path):
+    done = run_cli([str(ROOT / "search_spaces" / "quick.yaml"), "--dry-run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "trials" in done.stdout and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("space", sorted((ROOT / "search_spaces").rglob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_spaces_are_valid(space, tmp_path):
-    done = run_cli([str(space), "--dry-run"], tmp_path)
+def test_shipped_spaces_are_valid(space, tmp_path, monkeypatch, capsys):
+    done = run_in_process([str(space), "--dry-run"], tmp_path, monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     assert "trials" in done.stdout
 

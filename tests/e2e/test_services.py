@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import ALIGNING
 from tests.e2e.test_sweep import ROOT, runs, sweep, write_space
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]  # one Ray at a time under `make test`
 BIN = Path(sys.executable).parent
 
 
@@ -44,16 +44,22 @@ def wait_for(url: str, seconds: float) -> float:
     raise TimeoutError(f"{url} did not answer within {seconds} s")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@pytest.fixture(scope="module")
+def server_folder(tmp_path_factory) -> Path:
+    """The tracking server's own folder: its store and its artifact folder."""
+    return tmp_path_factory.mktemp("mlflow-server")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(server_folder):
     port = free_port()
     command = [
         str(BIN / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
+        f"sqlite:///{server_folder / 'server.db'}",
         "--artifacts-destination",
-        str(tmp_path / "artifacts"),
+        str(server_folder / "artifacts"),
         "--host",
         "127.0.0.1",
         "--port",
@@ -62,7 +68,11 @@ def mlflow_server(tmp_path):
         "1",
     ]
     server = subprocess.Popen(
-        command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=server_folder,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         startup = wait_for(f"http://127.0.0.1:{port}/health", 120)
@@ -86,11 +96,24 @@ def rest(server: str, endpoint: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
-def test_sweep_against_a_tracking_server(tmp_path, mlflow_server):
+@pytest.fixture(scope="module")
+def served_sweep(mlflow_server, tmp_path_factory):
+    """One sweep recorded through the server, read by the tests below: two FFN scales x (natural, detector
+    control), long enough to align, so that natural runs end normal and controls reversed."""
+    tmp_path = tmp_path_factory.mktemp("served-sweep")
+    space = write_space(
+        tmp_path / "space.yaml",
+        base={**ALIGNING, "model.control_block": 2},
+        factors={"model.ffn_scale": [0.5, 1.0], "model.control": ["none", "reverse_encoder"]},
+    )
     started = time.time()
-    done = sweep(tmp_path, write_space(tmp_path / "space.yaml"), "--tracking-uri", mlflow_server)
+    done = sweep(tmp_path, space, "--tracking-uri", mlflow_server)
     print(f"sweep against the server: {time.time() - started:.1f} s")
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_sweep_against_a_tracking_server(mlflow_server, server_folder, served_sweep):
     url = f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=test"
     with urllib.request.urlopen(url, timeout=30) as response:
         experiment = json.loads(response.read())["experiment"]
@@ -98,14 +121,14 @@ def test_sweep_against_a_tracking_server(tmp_path, mlflow_server):
     tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in found]
     parents = [r for r, t in zip(found, tags, strict=True) if t.get("flipsweep.role") == "parent"]
     children = [(r, t) for r, t in zip(found, tags, strict=True) if t.get("flipsweep.role") == "trial"]
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and len(children) == 4
     parent_id = parents[0]["info"]["run_id"]
     assert all(t["mlflow.parentRunId"] == parent_id for _, t in children)
     assert {r["info"]["status"] for r, _ in children} == {"FINISHED"}
     assert parents[0]["info"]["status"] == "FINISHED"
     # Artifacts travel through the server's proxy into its own artifact folder.
-    assert list((tmp_path / "artifacts").rglob("rate_by_factor.png"))
-    assert list((tmp_path / "artifacts").rglob("attention.png"))
+    assert list((server_folder / "artifacts").rglob("rate_by_factor.png"))
+    assert list((server_folder / "artifacts").rglob("attention.png"))
 
 
 def stop_processes_naming(folder: str) -> None:
@@ -236,20 +259,13 @@ def _close_assistant(page) -> None:
 
 
 def test_mlflow_ui_charts_reversal_rate_per_factor_level_and_steps_through_attention(
-    tmp_path, mlflow_server, browser
+    mlflow_server, served_sweep, browser
 ):
     """In the MLflow UI's chart view, grouped by a factor, each level shows the mean of `verdict/reversed`
     (its reversal rate among decided runs); an image grid steps through the cross-attention maps; the parent
     run's reversal-rate plot opens."""
-    # Two FFN scales x (natural, detector control), long enough to align: natural runs end normal, controls
-    # reversed, so each FFN level's mean is a real average of different outcomes.
-    space = write_space(
-        tmp_path / "space.yaml",
-        base={**ALIGNING, "model.control_block": 2},
-        factors={"model.ffn_scale": [0.5, 1.0], "model.control": ["none", "reverse_encoder"]},
-    )
-    done = sweep(tmp_path, space, "--tracking-uri", mlflow_server)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # The served sweep's natural runs end normal and its controls reversed, so each FFN level's mean is a real
+    # average of different outcomes.
     _, parents, children = runs(mlflow_server)
     parent, experiment = parents[0], parents[0].info.experiment_id
     expected = {}

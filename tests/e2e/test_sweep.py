@@ -23,7 +23,7 @@ from sweep.outputs import TABLES, TRIALS
 from sweep.state import STATE_FILE, read_state, write_state
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]  # one Ray at a time under `make test`
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 BASELINE = "model.ffn_scale=1.0"  # declared, and not the first cell
@@ -273,10 +273,13 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     assert len(images) >= 5  # the four incidence plots and the attention-direction curves, saved in the file
 
 
-def test_report_names_a_missing_experiment(two_trial_sweep):
+def test_report_names_a_missing_experiment(two_trial_sweep, capsys):
+    from sweep.report import main
+
     tmp_path, _ = two_trial_sweep
-    missing = run_report(tmp_path, experiment="nope")
-    assert missing.returncode == 2 and "nope" in missing.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["--experiment", "nope", "--tracking-uri", uri]) == 2  # in this process: one interpreter less
+    assert "nope" in capsys.readouterr().err
 
 
 def test_report_reads_a_study_continued_by_another_sweep_as_one(two_trial_sweep, tmp_path):
@@ -358,12 +361,17 @@ def test_cells_only_sweep_with_a_failure_agrees_everywhere_and_exits_4(tmp_path,
 
 
 # -- interruptions ------------------------------------------------------------------------------------------
-def test_killed_sweep_resumes_without_duplicates(tmp_path):
+def test_killed_sweep_resumes_without_duplicates(two_trial_sweep, tmp_path):
+    # The fixture's sweep, one trial at a time (one running at the kill, one not started); the fixture ran it
+    # uninterrupted, which the resumed sweep must match.
+    straight_dir, _ = two_trial_sweep
+    shutil.copy(straight_dir / "tiny.yaml", tmp_path / "tiny.yaml")
     space = write_space(
         tmp_path / "space.yaml",
-        base={**TINY, "train.steps": 60},
-        replicates=2,
-        resources={"cpus_per_trial": 1, "max_concurrent": 2},  # 2 running at the kill, 2 not started
+        baseline=BASELINE,
+        base={"model.layers": 2},
+        base_from="tiny.yaml",
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
     )
     driver = sweep(tmp_path, space, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_checkpoint(tmp_path, driver)
@@ -392,9 +400,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # One line says what is resumed; Ray's complaints about trials that had not started stay out of view.
     first = resumed.stdout.splitlines()[0]
-    assert re.fullmatch(
-        r"resuming t-\S+: [0-3] of 4 trials done, [0-4] to continue, [0-4] not started", first
-    )
+    assert re.fullmatch(r"resuming t-\S+: [01] of 2 trials done, [0-2] to continue, [0-2] not started", first)
     assert "Failed to fetch metrics" not in resumed.stdout + resumed.stderr
     assert "Traceback" not in resumed.stderr
     assert "efficiency n/a (resumed)" in resumed.stdout  # its trials' time repeats the steps the kill lost
@@ -405,13 +411,9 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     assert "sweep/efficiency" not in metrics and metrics["sweep/parts"] == 2
     assert earlier < metrics["sweep/wall_seconds"] < earlier + resume_seconds
     keys = [c.data.tags["flipsweep.trial_key"] for c in children]
-    assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 2
     assert {c.info.status for c in children} == {"FINISHED"}
-    # The same sweep, uninterrupted, in a store of its own: the same labels and figures, trial by trial.
-    straight_dir = tmp_path / "straight"
-    straight_dir.mkdir()
-    straight = sweep(straight_dir, space)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    # The same sweep, uninterrupted, in the fixture's store: the same labels and figures, trial by trial.
     _, _, uninterrupted = runs(straight_dir)
 
     def table(found):
@@ -424,10 +426,13 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
         }
 
     assert table(children) == table(uninterrupted)
-    for client_dir in (tmp_path, straight_dir):
+    for client_dir, into in ((tmp_path, tmp_path / "resumed"), (straight_dir, tmp_path / "straight")):
         client, parents, _ = runs(client_dir)
-        client.download_artifacts(parents[0].info.run_id, "incidence.csv", str(client_dir))
-    assert (tmp_path / "incidence.csv").read_text() == (straight_dir / "incidence.csv").read_text()
+        into.mkdir()
+        client.download_artifacts(parents[0].info.run_id, "incidence.csv", str(into))
+    assert (tmp_path / "resumed" / "incidence.csv").read_text() == (
+        tmp_path / "straight" / "incidence.csv"
+    ).read_text()
 
 
 def test_resume_when_the_kill_cut_tunes_own_state_short(tmp_path):
@@ -505,15 +510,23 @@ def test_ctrl_c_stops_with_exit_130_marks_the_runs_interrupted_and_resumes(tmp_p
     assert len(keys) == len(set(keys)) == 4 and {c.info.status for c in again} == {"FINISHED"}
 
 
-def test_driver_killed_while_writing_its_state_resumes_and_names_a_broken_state(tmp_path):
+def test_driver_killed_while_writing_its_state_resumes_and_names_a_broken_state(
+    tmp_path, capsys, monkeypatch
+):
+    from sweep.run import main
+
     space = write_space(tmp_path / "space.yaml")
-    # A sweep of the same space whose state an older, non-atomic writer left half-written.
+    # A sweep of the same space whose state an older, non-atomic writer left half-written. Naming it to
+    # --resume is refused before Ray or MLflow start, so the driver's entry point runs in this process.
     broken = tmp_path / "results" / "t-20000101-000000"
     broken.mkdir(parents=True)
     (broken / STATE_FILE).write_text('{"name": "t", "sweep_id": "t-2000')
-    named = sweep(tmp_path, space, "--resume", broken.name)
-    assert named.returncode == 2 and "Traceback" not in named.stderr
-    assert len(named.stderr.strip().splitlines()) == 1 and str(broken / STATE_FILE) in named.stderr
+    monkeypatch.chdir(tmp_path)
+    store = ["--storage", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert main([str(space), *store, "--resume", broken.name]) == 2
+    refused = capsys.readouterr().err
+    assert len(refused.strip().splitlines()) == 1 and str(broken / STATE_FILE) in refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "space.yaml"]  # no mlflow.db
 
     # Kill the driver the moment its own state appears: it writes the state before anything else.
     driver = sweep(tmp_path, space, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -41,8 +41,8 @@ def test_design_of_a_cells_only_space_names_the_keys_its_cells_vary():
     assert design.factors == [
         "model.ctc_layers",
         "model.self_attention_off_steps",
-        "model.center_attention_steps",
-        "model.center_attention_blend_steps",
+        "model.forced_attention_steps",
+        "model.forced_attention_blend_steps",
     ]
     assert design.baseline == "baseline" and design.control_cells == ["control-reversed"]
     ctc = next(cell for cell in design.cells if cell.name == "ctc-aux")

@@ -184,10 +184,11 @@ def test_factor_names(grid):
 def test_trial_table(grid):
     table = trial_table(expand(grid))
     lines = table.splitlines()
-    assert lines[0].split() == ["trial", "cell", "seed", "control"]
+    assert lines[0].split() == ["trial", "cell", "seed", "kind"]
     assert len(lines) == 1 + 24 + 1
-    assert lines[-1] == "24 trials in 8 cells (1 control)"
-    assert re.match(r"c007-r02\s+control-reversed\s+12\s+yes$", lines[-2])
+    assert lines[-1] == "24 trials in 8 cells (6 natural, 1 mitigation, 1 control)"
+    assert re.match(r"c006-r02\s+ctc-aux\s+12\s+mitigation$", lines[-5])
+    assert re.match(r"c007-r02\s+control-reversed\s+12\s+control$", lines[-2])
 
 
 def test_replicate_list_and_single_base_cell(tmp_path: Path):

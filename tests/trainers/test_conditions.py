@@ -127,7 +127,8 @@ def test_attention_without_biases_runs_with_self_attention_off():
     features, lengths = torch.randn(2, 20, FEATURES), torch.tensor([20, 13])
     labels, label_lengths = torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 1])
     for step in (0, 10):  # value projection only, then full attention
-        out = model(features, lengths, labels, label_lengths, step=step)
+        model.set_step(step)
+        out = model(features, lengths, labels, label_lengths)
         assert torch.isfinite(out.logits).all()
 
 

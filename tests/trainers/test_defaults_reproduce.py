@@ -45,8 +45,8 @@ CONFIGS = {  # together they cover every code path the old studies used
         "model.pos_enc": "rope",
         "data.fixed_frames": 100,
         "model.mhsa_scale_schedule": [[0, 1.0], [20, 3.0]],
-        "model.center_attention_steps": 5,
-        "model.center_attention_blend_steps": 5,
+        "model.forced_attention_steps": 5,
+        "model.forced_attention_blend_steps": 5,
     },
 }
 

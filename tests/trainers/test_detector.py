@@ -392,7 +392,7 @@ def test_gradient_maps_match_a_per_label_reference():
     # Unmasked padding: padded frames then do reach the labels, and must still read zero in the maps.
     model, batch = tiny_model(pad_mode="unmasked", conv_norm="batch"), tiny_batch()
     model.train()
-    maps = gradient_maps(model, batch, step=10, chunk=5)  # 9 labels in chunks of 5: two passes
+    maps = gradient_maps(model, batch, chunk=5)  # 9 labels in chunks of 5: two passes
     assert model.training  # mode restored
     assert maps.shape == (3, 3, 4, 8)  # (L+1, U, S, T'): T' = ceil(29 / 4)
     assert maps[:, 1, 2:].abs().max() == 0 and maps[:, 2, 3:].abs().max() == 0  # padded labels
@@ -403,8 +403,8 @@ def test_gradient_maps_match_a_per_label_reference():
 
 def test_gradient_maps_of_a_subset_match_the_full_batch():
     model, batch = tiny_model(decoder="transformer", decoder_layers=1), tiny_batch()
-    full = gradient_maps(model, batch, step=None)
-    first = gradient_maps(model, batch.take(1), step=None, chunk=1)  # same padding, one label per pass
+    full = gradient_maps(model, batch)
+    first = gradient_maps(model, batch.take(1), chunk=1)  # same padding, one label per pass
     torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=1e-5)
 
 
@@ -456,6 +456,7 @@ def test_evaluate_on_a_tiny_model_and_plot(tmp_path):
     assert model.training
     assert len(e.block_directions) == 3 and len(e.mhsa_ffn_ratio) == len(e.self_attention_direction) == 2
     assert e.label in ("normal", "reversed", "undecided") and e.step == 3
+    assert (e.reason is None) == (e.label != "undecided") and math.isnan(e.word_overlap)  # no word index
     assert 0 <= e.accuracy <= 1 and math.isfinite(e.loss) and math.isfinite(e.tse_boundary_ms)
     assert e.arrays["attention"].shape == (3, 4, 8) and e.arrays["gradient_maps"].shape == (3, 4, 8)
     json.dumps(e.to_dict())

@@ -7,8 +7,10 @@ import torch
 
 from tests.conftest import FEATURES, TINY_MODEL, VOCAB
 from trainers.config import POS_ENCODINGS, build_config
-from trainers.model.aed import ConformerAED, reverse_valid_frames, subsampled_lengths
+from trainers.model.aed import ConformerAED
 from trainers.model.conformer import MaskedBatchNorm
+from trainers.model.encoder import reverse_valid_frames
+from trainers.model.frontend import subsampled_lengths
 
 SMALL = {**TINY_MODEL, "model.decoder_layers": 2, "model.decoder_heads": 2}
 
@@ -159,9 +161,10 @@ def test_reverse_encoder_control_reverses_from_control_block():
     control = make(**common, control="reverse_encoder", control_block=2).eval()
     control.load_state_dict(plain.state_dict())
     features, lengths, labels, label_lengths = batch()
+    plain.set_step(0), control.set_step(0)
     with torch.no_grad():
-        a = plain.encode(features, lengths, step=0)
-        b = control.encode(features, lengths, step=0)
+        a = plain.encode(features, lengths)
+        b = control.encode(features, lengths)
     torch.testing.assert_close(a.hidden[1], b.hidden[1])
     for i in (2, 3):
         torch.testing.assert_close(b.hidden[i], reverse_valid_frames(a.hidden[i], a.lengths))
@@ -175,8 +178,9 @@ def test_self_attention_off_stops_mixing_until_step():
     perturbed[:, 30:] += 3.0  # far outside the frontend's receptive field of encoder frame 0
 
     def first_frame(x, step):
+        model.set_step(step)
         with torch.no_grad():
-            return model.encode(x, lengths, step=step).hidden[1][0, 0]
+            return model.encode(x, lengths).hidden[1][0, 0]
 
     torch.testing.assert_close(first_frame(features, 4), first_frame(perturbed, 4))
     assert not torch.allclose(first_frame(features, 5), first_frame(perturbed, 5))
@@ -186,13 +190,18 @@ def test_self_attention_off_stops_mixing_until_step():
 @pytest.mark.parametrize("decoder", ["lstm", "transformer"])
 def test_center_attention(decoder):
     # One decoder layer: its queries do not depend on the forced weights, so the blend is exact there.
-    model = make(decoder=decoder, decoder_layers=1, center_attention_steps=10, center_attention_blend_steps=4)
+    model = make(decoder=decoder, decoder_layers=1, forced_attention_steps=10, forced_attention_blend_steps=4)
     model.eval()
     features, lengths, labels, label_lengths = batch()
+
+    def at(step):
+        model.set_step(step)
+        return model(features, lengths, labels, label_lengths)
+
     with torch.no_grad():
-        forced = model(features, lengths, labels, label_lengths, step=9)
-        learned = model(features, lengths, labels, label_lengths, step=None).cross_attention
-        late = model(features, lengths, labels, label_lengths, step=14).cross_attention
+        forced = at(9)
+        learned = at(None).cross_attention
+        late = at(14).cross_attention
     centre = forced.encoder.lengths // 2
     expected = torch.nn.functional.one_hot(centre, forced.cross_attention.shape[-1]).float()
     torch.testing.assert_close(forced.cross_attention, expected[:, None, :].expand_as(forced.cross_attention))
@@ -200,14 +209,15 @@ def test_center_attention(decoder):
     torch.testing.assert_close(late, learned)
     if decoder == "transformer":  # the LSTM's state (and so its learned weights) depends on the forced ones
         with torch.no_grad():
-            half = model(features, lengths, labels, label_lengths, step=12).cross_attention
+            half = at(12).cross_attention
         torch.testing.assert_close(half, 0.5 * expected[:, None, :] + 0.5 * learned)
 
 
 def test_loss_with_ctc_layers():
     model = make(ctc_layers=[1, 2]).train()
+    model.set_step(0)
     features, lengths, labels, label_lengths = batch()
-    out = model(features, lengths, labels, label_lengths, step=0)
+    out = model(features, lengths, labels, label_lengths)
     total, stats = model.loss(out, 0.1, 1.0)
     assert torch.isfinite(total) and stats["ctc"] > 0 and 0 <= stats["accuracy"] <= 1
     torch.testing.assert_close(total.item(), stats["ce"] + stats["ctc"], rtol=1e-5, atol=1e-5)
@@ -248,3 +258,32 @@ def test_lstm_weight_feedback(weight_feedback):
         assert model.decoder.fertility.weight.grad.abs().sum() > 0
     else:
         assert attention.feedback is None and model.decoder.fertility is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"pos_enc": "rel_xl", "ctc_layers": [1]},
+        {"pos_enc": "abs+rel_shaw", "weight_feedback": False, "conv_norm": "batch"},
+        {"decoder": "transformer", "attention_bias": False},
+    ],
+)
+def test_weight_decay_is_chosen_by_what_a_parameter_is(overrides):
+    """Decayed: the weight matrices and kernels of Linear, Conv and LSTM layers; the same parameters the rule
+    by name chose (no decay on >= 2-D tensors named *embed* or *pos_bias*, nor on 1-D ones)."""
+    from trainers.config import TrainConfig
+    from trainers.train import _optimizer, decayed_weights
+
+    model = make(**overrides)
+    by_name = {
+        name
+        for name, p in model.named_parameters()
+        if not (p.ndim < 2 or "embed" in name or "pos_bias" in name)
+    }
+    decayed = decayed_weights(model)
+    assert {name for name, p in model.named_parameters() if p in decayed} == by_name
+    optimizer = _optimizer(model, TrainConfig(weight_decay=0.01))
+    for group in optimizer.param_groups:
+        assert all((p in decayed) == (group["weight_decay"] > 0) for p in group["params"])
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))

@@ -8,12 +8,10 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import TINY
 from trainers.config import build_config
 from trainers.detector.verdict import REASON_CODES, Evaluation, transient
 from trainers.outcome import TrialCost, TrialOutcome, attention_maps
 from trainers.reported import VERDICT_FIGURES, is_verdict_figure
-from trainers.train import run_trial
 
 
 def outcome(label: str = "reversed", **figures: float) -> TrialOutcome:
@@ -104,16 +102,15 @@ def test_a_run_recorded_before_the_outcome_existed_is_read():
     assert old.figures == {"attention_direction": -0.8}
 
 
-def test_a_trial_writes_its_outcome_with_declared_figures_and_an_attention_map_per_evaluation(tmp_path):
-    result = run_trial(build_config(TINY), tmp_path, log=lambda _: None)
-    written = TrialOutcome.read(tmp_path)
-    assert written.to_dict() == result["outcome"]
+def test_a_trial_writes_its_outcome_with_declared_figures_and_an_attention_map_per_evaluation(tiny_trial):
+    written = TrialOutcome.read(tiny_trial.out_dir)
+    assert written.to_dict() == tiny_trial.result["outcome"]
     assert written.steps_done == 40 and written.label in ("normal", "reversed", "undecided")
     assert written.undeclared_figures == []  # every verdict figure is named in trainers/reported.py
     assert {"attention_direction", "min_attention_direction", "reversed_encoder_evaluations"} <= set(
         written.figures
     )
-    maps = attention_maps(tmp_path)
+    maps = attention_maps(tiny_trial.out_dir)
     assert sorted(maps) == [20, 40] and all(path.read_bytes()[:4] == b"\x89PNG" for path in maps.values())
 
 

@@ -17,17 +17,20 @@ import soundfile
 import torch
 
 from tests.conftest import TINY
-from trainers.config import ConfigError, build_config
+from trainers.config import ConfigError, ModelConfig, build_config
 from trainers.corpus import CorpusError
 from trainers.data import TrainStream
-from trainers.model.aed import ConvFrontend
+from trainers.model.frontend import ConvFrontend
 from trainers.speech.corpus import SpeechCorpus, read_source
 from trainers.speech.features import LOG_FLOOR, log_mel
 from trainers.speech.speak import RenderConfig, espeak_available, render_corpus
 from trainers.speech.tokens import BpeTokenizer, CharTokenizer, normalise
 from trainers.train import make_corpus
 
-pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+pytestmark = [
+    pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed"),
+    pytest.mark.xdist_group("speech"),  # one worker renders the session's corpora (`make test` runs 2)
+]
 
 MODEL = {k: v for k, v in TINY.items() if not k.startswith("data.")}
 
@@ -159,7 +162,8 @@ def test_spans_map_onto_the_encoder_frames_after_subsampling(corpus, subsampling
     """Silencing one word's input frames changes exactly the encoder frames that the detector's span mapping
     ([start // s - 1, ceil(end / s) + 1)) gives that word, and every encoder frame lying inside the word."""
     torch.manual_seed(0)
-    frontend = ConvFrontend(80, 8, 16, subsampling, dropout=0.0, zero_pad=True).eval()
+    cfg = ModelConfig(frontend_channels=8, d_model=16, subsampling=subsampling, dropout=0.0, pad_mode="zero")
+    frontend = ConvFrontend(cfg, feature_dim=80).eval()
     utterance = corpus.heldout(1)[0]
     features = torch.from_numpy(utterance.features)[None]
     lengths = torch.tensor([features.shape[1]])
@@ -436,6 +440,13 @@ def aligning_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def aligning_cache(tmp_path_factory) -> Path:
+    """The feature cache of `aligning_root`: its 200 utterances are featurised once, by whichever test first
+    reads them (the cache is keyed by the audio and transcripts, not by the vocabulary)."""
+    return tmp_path_factory.mktemp("aligning-cache")
+
+
 SPEECH_ALIGNING = {
     **MODEL,
     "speech.heldout_subset": "",  # the paper reads training utterances
@@ -449,7 +460,7 @@ SPEECH_ALIGNING = {
 
 
 @pytest.mark.slow
-def test_reverse_encoder_control_on_speech_is_labelled_reversed(aligning_root, tmp_path):
+def test_reverse_encoder_control_on_speech_is_labelled_reversed(aligning_root, aligning_cache, tmp_path):
     """The constructed reversal (time flipped inside the encoder before block 2) on real audio: the detector
     must call it reversed, with the flip at block 2. (~60 s on one core.)
 
@@ -463,7 +474,7 @@ def test_reverse_encoder_control_on_speech_is_labelled_reversed(aligning_root, t
     from trainers.train import run_trial
 
     config = {
-        **speech_config(aligning_root, tmp_path / "cache"),
+        **speech_config(aligning_root, aligning_cache),
         **SPEECH_ALIGNING,
         "speech.vocabulary": "char",
         "detector.min_peak": 0.15,
@@ -479,14 +490,14 @@ def test_reverse_encoder_control_on_speech_is_labelled_reversed(aligning_root, t
 
 
 @pytest.mark.slow
-def test_two_trial_sweep_on_speech_completes_with_labels(aligning_root, tmp_path):
+def test_two_trial_sweep_on_speech_completes_with_labels(aligning_root, aligning_cache, tmp_path):
     import os
     import subprocess
 
     import yaml
     from mlflow.tracking import MlflowClient
 
-    base = {**speech_config(aligning_root, tmp_path / "cache"), **SPEECH_ALIGNING}
+    base = {**speech_config(aligning_root, aligning_cache), **SPEECH_ALIGNING}
     base.update({"train.steps": 30, "detector.every": 15})
     space = tmp_path / "space.yaml"
     space.write_text(
@@ -515,7 +526,7 @@ def test_two_trial_sweep_on_speech_completes_with_labels(aligning_root, tmp_path
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "data: 200 training utterances" in done.stdout  # the cache was built once, by the driver
+    assert "data: 200 training utterances" in done.stdout  # the driver's data step, before any trial
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("speech")
     runs = client.search_runs([experiment.experiment_id])

@@ -6,7 +6,11 @@ held-out set (`trainers.detector.readings`, `trainers.detector.gradients`):
 
 1. **Attention**: per utterance the direction of the cross-attention (+1 diagonal, -1 anti-diagonal), its
    focus (mean peak relative to uniform), and the fraction of utterances reading backwards (a flip that hits
-   only long or heavily padded utterances would average away in the mean).
+   only long or heavily padded utterances would average away in the mean). A start-edge sink (the first
+   `initial_frames` frames drawing `sink_lift` times their uniform share) is a reading of its own: direction
+   and focus are read again on the attention outside it, so a sink that grows over the labels cannot read
+   as a backward direction. Where labels share words (BPE pieces), the words' overlap says whether a
+   word-level alignment points.
 2. **Gradient maps** G_0..G_L and their directions: G_0 (the encoder input) runs forwards whenever the
    frontend is sane; in a reversed encoder every G_i from the flipping block on runs backwards. The attention
    alone can mislead (early, nearly flat attention drifts backwards over a normal encoder), so `reversed`
@@ -40,13 +44,16 @@ from trainers.detector.readings import (
     cross_initial_mass,
     dominance_ratios,
     flip_block,
+    initial_frames,
     label_lengths_from_mask,
     miss_rate,
+    outside_sink,
     self_attention_directions_per_utterance,
     self_initial_links,
+    word_overlap,
     word_spans,
 )
-from trainers.detector.verdict import Evaluation, classify, focused
+from trainers.detector.verdict import Evaluation, focused, judge
 
 FRAME_MS = 10.0  # one input frame
 ATTENTION_PLOT_UTTERANCES = 3
@@ -71,18 +78,69 @@ class _BatchReading:
     per_utterance: dict[str, np.ndarray]  # name -> (B,) or (L, B)
 
 
-def _read_batch(
-    model: torch.nn.Module, batch: Batch, step: int, cfg: DetectorConfig, label_smoothing: float
-) -> _BatchReading:
-    with torch.no_grad():
-        out = model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, step, True)
-    logits, targets = out.logits[out.target_mask].float(), out.targets[out.target_mask]
-    attention = as_numpy(out.cross_attention).astype(np.float64)
-    enc_lengths = as_numpy(out.encoder.lengths).astype(np.int64)
-    label_lengths = label_lengths_from_mask(out.target_mask)
+def read_attention(
+    attention: np.ndarray,
+    label_lengths: np.ndarray,
+    enc_lengths: np.ndarray,
+    word_index: list[np.ndarray | None],
+    cfg: DetectorConfig,
+) -> dict[str, np.ndarray]:
+    """Per utterance (B,), the readings of (B, S, T') cross-attention: direction, peak and focus of the whole
+    attention; the start-edge sink (`cross_initial_mass`, `cross_initial_lift`, and `sink_frames`, the
+    frames taken out, 0 where the lift stays under `cfg.sink_lift`); direction, peak and focus again outside
+    the sink (`outside_sink_*`); and the words' overlap outside the sink (NaN where labels are words)."""
     per_utterance = attention_readings(attention, label_lengths, enc_lengths)
     mass, lift = cross_initial_mass(attention, label_lengths, enc_lengths, cfg.initial_frames)
-    per_utterance.update(cross_initial_mass=mass, cross_initial_lift=lift)
+    sink = lift >= cfg.sink_lift
+    outside = outside_sink(attention, enc_lengths, cfg.initial_frames, sink)
+    outside_readings = attention_readings(outside, label_lengths, enc_lengths)
+    per_utterance.update(
+        cross_initial_mass=mass,
+        cross_initial_lift=lift,
+        sink_frames=np.where(sink, initial_frames(enc_lengths, cfg.initial_frames), 0),
+        **{f"outside_sink_{name}": value for name, value in outside_readings.items()},
+        word_overlap=word_overlap(outside, label_lengths, enc_lengths, word_index),
+    )
+    return per_utterance
+
+
+def attention_figures(per_utterance: dict[str, np.ndarray], cfg: DetectorConfig) -> dict[str, float]:
+    """An evaluation's attention figures from `read_attention`'s per-utterance readings: means over the
+    utterances, and the fraction reading backwards (<= -min_direction); the word overlap's mean over the
+    utterances that have one (NaN if none has)."""
+    m = cfg.min_direction
+    figures = {}
+    for prefix, key in (("attention_", ""), ("outside_sink_", "outside_sink_")):
+        directions = per_utterance[f"{key}direction"]
+        figures.update(
+            {
+                f"{prefix}direction": float(directions.mean()),
+                f"{prefix}peak": float(per_utterance[f"{key}peak"].mean()),
+                f"{prefix}focus": float(per_utterance[f"{key}focus"].mean()),
+                f"{prefix}backward_fraction": float((directions <= -m).mean()),
+            }
+        )
+    overlaps = per_utterance["word_overlap"]
+    return {
+        **figures,
+        "cross_initial_mass": float(per_utterance["cross_initial_mass"].mean()),
+        "cross_initial_lift": float(per_utterance["cross_initial_lift"].mean()),
+        "word_overlap": float(np.nanmean(overlaps)) if np.isfinite(overlaps).any() else math.nan,
+    }
+
+
+def _read_batch(
+    model: torch.nn.Module, batch: Batch, cfg: DetectorConfig, label_smoothing: float
+) -> _BatchReading:
+    with torch.no_grad():
+        out = model(batch.features, batch.feature_lengths, batch.labels, batch.label_lengths, collect=True)
+    logits, targets = out.logits[out.target_mask].float(), out.targets[out.target_mask]
+    # The decoder's own attention: while it is forced (model.forced_attention_*), the forced target says
+    # nothing about which way the model reads.
+    attention = as_numpy(out.learned_attention).astype(np.float64)
+    enc_lengths = as_numpy(out.encoder.lengths).astype(np.int64)
+    label_lengths = label_lengths_from_mask(out.target_mask)
+    per_utterance = read_attention(attention, label_lengths, enc_lengths, batch.word_index, cfg)
     self_attention = [as_numpy(w).astype(np.float64) for w in out.encoder.self_attention]
     links = [self_initial_links(w, enc_lengths, cfg.initial_frames) for w in self_attention]
     per_utterance.update(
@@ -155,7 +213,6 @@ def _read_gradients(
     model: torch.nn.Module,
     batches: list[Batch],
     readings: list[_BatchReading],
-    step: int,
     cfg: DetectorConfig,
     subsampling: int,
 ) -> _GradientReading:
@@ -166,7 +223,7 @@ def _read_gradients(
         if n == 0:
             continue
         sub = batch.take(n)
-        maps = as_numpy(gradient_maps(model, sub, step, cfg.gradient_chunk)).astype(np.float64)
+        maps = as_numpy(gradient_maps(model, sub, cfg.gradient_chunk)).astype(np.float64)
         labels_n, frames_n = reading.label_lengths[:n], reading.enc_lengths[:n]
         directions.append(block_directions_per_utterance(maps, labels_n, frames_n))
         feature_lengths = as_numpy(sub.feature_lengths).astype(np.int64)
@@ -234,6 +291,8 @@ def _plot_arrays(first: _BatchReading, batch: Batch, g: _GradientReading, blocks
     return {
         "attention": first.attention[:n, :rows].astype(np.float32),  # (n, S, T') label rows only
         "attention_directions": first.per_utterance["direction"][:n].astype(np.float64),
+        "outside_sink_directions": first.per_utterance["outside_sink_direction"][:n].astype(np.float64),
+        "sink_frames": first.per_utterance["sink_frames"][:n].astype(np.int64),  # 0: no sink taken out
         "label_lengths": first.label_lengths[:n].astype(np.int64),
         "enc_lengths": first.enc_lengths[:n].astype(np.int64),
         "spans": span_array,
@@ -257,40 +316,42 @@ def evaluate(
 
     One teacher-forced pass per batch (no gradients) gives loss, accuracy, attention and mechanism for all
     utterances; `cfg.gradient_utterances` of them, spread over the batches and read at their batch's own
-    padding, also get gradient maps, alignment and TSE. The model runs in eval mode; its mode is restored.
+    padding, also get gradient maps, alignment and TSE. The model runs in eval mode (its mode is restored)
+    with its schedules read at `step` (`model.set_step`; None: their end), which also labels the Evaluation.
+    While the cross-attention is forced, the attention read is the decoder's learned one.
     """
     batches = [batches] if isinstance(batches, Batch) else list(batches)
     was_training = model.training
     model.eval()
+    model.set_step(step)
     try:
-        readings = [_read_batch(model, b, step, cfg, label_smoothing) for b in batches]
-        g = _read_gradients(model, batches, readings, step, cfg, subsampling)
+        readings = [_read_batch(model, b, cfg, label_smoothing) for b in batches]
+        g = _read_gradients(model, batches, readings, cfg, subsampling)
     finally:
         model.train(was_training)
 
     def pooled(name: str) -> np.ndarray:
         return np.concatenate([r.per_utterance[name] for r in readings], axis=-1)
 
-    directions = pooled("direction")
-    attention_mean = float(directions.mean())
+    attention = attention_figures({name: pooled(name) for name in readings[0].per_utterance}, cfg)
+    direction = attention["outside_sink_direction"]
     blocks = g.directions.mean(-1)
     ffn_ratio, residual_ratio = dominance_ratios(_pooled_norms(readings))
-    scores = _alignment_scores(g, attention_mean < 0, subsampling)
-    peak, focus = float(pooled("peak").mean()), float(pooled("focus").mean())
+    scores = _alignment_scores(g, direction < 0, subsampling)
     # Only a focused, monotonic attention can be "shifted"; the argmax of flat attention means nothing.
-    monotonic = abs(attention_mean) >= cfg.min_direction and focused(peak, focus, cfg)
+    monotonic = abs(direction) >= cfg.min_direction and focused(
+        attention["outside_sink_peak"],
+        attention["outside_sink_focus"],
+        cfg,
+        word_overlap=attention["word_overlap"],
+    )
     evaluation = Evaluation(
         step=int(step),
         loss=_pooled_mean([r.loss for r in readings], [r.targets for r in readings]),
         accuracy=_pooled_mean([r.accuracy for r in readings], [r.targets for r in readings]),
-        attention_direction=attention_mean,
-        attention_peak=peak,
         block_directions=[float(d) for d in blocks],
         flip_block=flip_block(blocks, cfg.min_direction),
-        attention_focus=focus,
-        attention_backward_fraction=float((directions <= -cfg.min_direction).mean()),
-        cross_initial_mass=float(pooled("cross_initial_mass").mean()),
-        cross_initial_lift=float(pooled("cross_initial_lift").mean()),
+        **attention,
         mhsa_ffn_ratio=ffn_ratio,
         mhsa_residual_ratio=residual_ratio,
         self_attention_direction=[float(v) for v in pooled("self_attention_direction").mean(-1)],
@@ -302,5 +363,5 @@ def evaluate(
         arrays=_plot_arrays(readings[0], batches[0], g, blocks, subsampling),
         **scores,
     )
-    evaluation.label = classify(evaluation, cfg)
+    evaluation.label, evaluation.reason = judge(evaluation, cfg)
     return evaluation

@@ -29,13 +29,11 @@ from trainers.detector.alignment import gradient_scores_to_log, viterbi_align
 DEFAULT_CHUNK = 64
 
 
-def gradient_maps(
-    model: torch.nn.Module, batch: Batch, step: int | None, chunk: int = DEFAULT_CHUNK
-) -> Tensor:
+def gradient_maps(model: torch.nn.Module, batch: Batch, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """(L+1, U, S, T') maps of every utterance of `batch`; padded labels and padded frames are zero.
 
-    The model runs in eval mode (restored after), so copies do not interact through dropout or batch
-    statistics."""
+    The model is read at the step it was last given (`model.set_step`). It runs in eval mode (restored
+    after), so copies do not interact through dropout or batch statistics."""
     labels, label_lengths = batch.labels, batch.label_lengths
     num_utts, num_labels = labels.shape
     was_training = model.training
@@ -51,7 +49,7 @@ def gradient_maps(
         for start in range(0, len(pairs), chunk):
             part = torch.tensor(pairs[start : start + chunk], device=h0.device)
             positions, utts = part[:, 0], part[:, 1]
-            grads = _chunk_gradients(model, h0, enc_lengths, labels, label_lengths, utts, positions, step)
+            grads = _chunk_gradients(model, h0, enc_lengths, labels, label_lengths, utts, positions)
             for i, g in enumerate(grads):
                 maps[i, utts, positions] = g.float().norm(dim=-1) * mask[utts]
     finally:
@@ -67,7 +65,6 @@ def _chunk_gradients(
     label_lengths: Tensor,
     utts: Tensor,
     positions: Tensor,
-    step: int | None,
 ) -> list[Tensor]:
     """Gradients of log p(a_s) of copy (u, s) w.r.t. every hidden tensor: L+1 tensors (C, T', D)."""
     # Position s predicts a_{s+1} (1-based) from [BOS, a_1..a_s]: labels up to index s suffice.
@@ -76,8 +73,8 @@ def _chunk_gradients(
     copy_lengths = torch.clamp(label_lengths[utts], max=needed)
     with torch.enable_grad():
         x = h0[utts].detach().requires_grad_(True)
-        enc = model.encoder.run_blocks(x, enc_lengths[utts], step=step)
-        out = model.decode(enc, copy_labels, copy_lengths, step=step)
+        enc = model.encoder.run_blocks(x, enc_lengths[utts])
+        out = model.decode(enc, copy_labels, copy_lengths)
         copy = torch.arange(len(utts), device=h0.device)
         logits = out.logits[copy, positions].float()  # (C, V)
         log_prob = logits.log_softmax(-1).gather(-1, out.targets[copy, positions][:, None]).sum()

@@ -52,8 +52,10 @@ def plot_attention(
     """Cross-attention (labels x encoder frames) of up to 3 held-out utterances, true spans drawn as boxes.
 
     arrays: attention (n, S, T'), label_lengths (n,), enc_lengths (n,), spans (n, S, 2) in input frames,
-    subsampling, attention_directions (n,). `utterances` draws only the first few (a smaller, faster figure);
-    `step` goes into the title.
+    subsampling, attention_directions (n,), and where present sink_frames (n,) with outside_sink_directions
+    (n,): an utterance whose start-edge sink was taken out gets a dashed line at the sink's edge and its
+    direction outside the sink in the title. `utterances` draws only the first few (a smaller, faster
+    figure); `step` goes into the title.
     """
     if not arrays or "attention" not in arrays or len(arrays["attention"]) == 0:
         _empty(path, "no attention recorded")
@@ -81,7 +83,12 @@ def plot_attention(
             )
             axes.add_patch(box)
         direction = float(arrays["attention_directions"][i])
-        axes.set_title(f"utterance {i}: direction {direction:+.2f}")
+        title = f"utterance {i}: direction {direction:+.2f}"
+        sink = int(arrays["sink_frames"][i]) if "sink_frames" in arrays else 0
+        if sink:
+            axes.axvline(sink - 0.5, color="white", linestyle="--", linewidth=1.0)
+            title += f", outside the sink {float(arrays['outside_sink_directions'][i]):+.2f}"
+        axes.set_title(title)
         _frame_axes(axes)
         figure.colorbar(image, ax=axes, label="attention weight")
     at = f" at step {step}" if step is not None else ""

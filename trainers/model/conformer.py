@@ -5,7 +5,7 @@ Self-attention takes the positional scheme of `model.pos_enc` (Shaw relative pos
 `rel_clip`, Transformer-XL, RoPE, or none); the convolution module's norm is LayerNorm or a BatchNorm whose
 statistics see only valid frames; `pad_mode: zero` zeroes padded frames before the depthwise convolution
 (RETURNN's default leaves them un-masked). The block can report its MHSA, FFN and residual norms: the
-paper's "dominance" check.
+paper's "dominance" check. The block and each of its parts are built from the model's config alone.
 
 Shapes: B batch, T frames, D d_model, H heads, d head width.
 """
@@ -23,12 +23,12 @@ from trainers.model.layers import Dropout, masked_mean_norm, masked_softmax, rot
 class FeedForward(nn.Module):
     """Linear D -> ffn_dim, swish or ReLU^2, dropout, Linear -> D, dropout. (B, T, D) -> (B, T, D)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, activation: str, dropout: float, broadcast: bool = False):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(d_model, ffn_dim)
-        self.down = nn.Linear(ffn_dim, d_model)
-        self.activation = activation
-        self.dropout = Dropout(dropout, broadcast)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.activation = cfg.ffn_activation
+        self.dropout = Dropout(cfg.dropout, broadcast=cfg.dropout_broadcast)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.up(x)
@@ -43,31 +43,23 @@ class MultiHeadSelfAttention(nn.Module):
     to the logits (key term only, no biases: the paper's setting). rel_xl: Transformer-XL, sinusoidal offsets
     through a linear projection plus the learned biases u (content) and v (position). rope: rotary q and k.
     With `mixing=False` (the self-attention-off mitigation) a frame gets only out(value(x)), no mixing.
+    `attention_bias: false` (the paper's) leaves q/k/v/out without biases.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        heads: int,
-        pos_enc: str,
-        rel_clip: int,
-        att_dropout: float,
-        dropout: float,
-        bias: bool = True,
-        broadcast: bool = False,
-    ):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
+        d_model, heads = cfg.d_model, cfg.heads
         self.heads, self.d_head = heads, d_model // heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
-        self.att_dropout = nn.Dropout(att_dropout)  # on (B, H, T, T) weights: per element, as in RETURNN
-        self.dropout = Dropout(dropout, broadcast)
-        self.shaw = pos_enc in ("rel_shaw", "abs+rel_shaw")
-        self.xl = pos_enc == "rel_xl"
-        self.rope = pos_enc == "rope"
-        self.rel_clip = rel_clip
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=cfg.attention_bias)
+        self.out = nn.Linear(d_model, d_model, bias=cfg.attention_bias)
+        self.att_dropout = nn.Dropout(cfg.att_dropout)  # on (B, H, T, T) weights: per element, as in RETURNN
+        self.dropout = Dropout(cfg.dropout, broadcast=cfg.dropout_broadcast)
+        self.shaw = cfg.pos_enc in ("rel_shaw", "abs+rel_shaw")
+        self.xl = cfg.pos_enc == "rel_xl"
+        self.rope = cfg.pos_enc == "rope"
+        self.rel_clip = cfg.rel_clip
         if self.shaw:
-            self.pos_embed = nn.Parameter(torch.randn(2 * rel_clip + 1, self.d_head) * self.d_head**-0.5)
+            self.pos_embed = nn.Parameter(torch.randn(2 * self.rel_clip + 1, self.d_head) * self.d_head**-0.5)
         if self.xl:
             self.pos_proj = nn.Linear(d_model, d_model, bias=False)
             self.pos_bias_u = nn.Parameter(torch.zeros(heads, self.d_head))
@@ -81,7 +73,7 @@ class MultiHeadSelfAttention(nn.Module):
         pos = torch.arange(t, device=device)
         return pos[None, :] - pos[:, None]
 
-    def forward(self, x: Tensor, mask: Tensor, mixing: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, *, mixing: bool = True) -> tuple[Tensor, Tensor]:
         """x (B, T, D) (already layer-normed), mask (B, T) -> output (B, T, D), weights (B, H, T, T)."""
         b, t, d = x.shape
         if not mixing:
@@ -140,18 +132,17 @@ class MaskedBatchNorm(nn.Module):
 class ConvModule(nn.Module):
     """Pointwise D -> 2D, GLU, depthwise conv in time ('same' length), norm, swish, pointwise D -> D."""
 
-    def __init__(
-        self, d_model: int, kernel: int, norm: str, dropout: float, zero_pad: bool, broadcast: bool = False
-    ):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
+        d_model, kernel = cfg.d_model, cfg.conv_kernel
         self.pointwise_in = nn.Linear(d_model, 2 * d_model)
         self.depthwise = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
         self.padding = (kernel // 2, (kernel - 1) // 2)  # 'same' also for even kernels
-        self.batch_norm = norm == "batch"
+        self.batch_norm = cfg.conv_norm == "batch"
         self.norm = MaskedBatchNorm(d_model) if self.batch_norm else nn.LayerNorm(d_model)
         self.pointwise_out = nn.Linear(d_model, d_model)
-        self.dropout = Dropout(dropout, broadcast)
-        self.zero_pad = zero_pad
+        self.dropout = Dropout(cfg.dropout, broadcast=cfg.dropout_broadcast)
+        self.zero_pad = cfg.pad_mode == "zero"
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, D), mask (B, T) -> (B, T, D)."""
@@ -173,21 +164,20 @@ class ConformerBlock(nn.Module):
         self.ffn1_norm, self.att_norm, self.conv_norm, self.ffn2_norm, self.out_norm = (
             nn.LayerNorm(d) for _ in range(5)
         )
-        shared = cfg.dropout_broadcast
-        self.ffn1 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout, shared)
-        self.ffn2 = FeedForward(d, cfg.ffn_dim, cfg.ffn_activation, cfg.dropout, shared)
-        self.attention = MultiHeadSelfAttention(
-            d, cfg.heads, cfg.pos_enc, cfg.rel_clip, cfg.att_dropout, cfg.dropout, cfg.attention_bias, shared
-        )
-        self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.dropout, cfg.pad_mode == "zero", shared)
+        self.ffn1 = FeedForward(cfg)
+        self.ffn2 = FeedForward(cfg)
+        self.attention = MultiHeadSelfAttention(cfg)
+        self.conv = ConvModule(cfg)
 
     def forward(
-        self, x: Tensor, mask: Tensor, mixing: bool = True, collect: bool = False, mhsa_scale: float = 1.0
+        self, x: Tensor, mask: Tensor, *, mixing: bool = True, collect: bool = False, mhsa_scale: float = 1.0
     ) -> tuple[Tensor, Tensor | None, dict[str, float] | None]:
-        """x (B, T', D) -> (B, T', D), and when collecting the attention weights and the dominance norms."""
+        """x (B, T', D), mask (B, T') -> (B, T', D), and when collecting the attention weights and the
+        dominance norms. `mixing: false` = self-attention off (a mitigation); `mhsa_scale` scales the MHSA
+        branch (the paper's dominance, imposed)."""
         ffn1 = self.ffn_scale * self.ffn1(self.ffn1_norm(x))
         x = x + ffn1
-        mhsa, weights = self.attention(self.att_norm(x), mask, mixing)
+        mhsa, weights = self.attention(self.att_norm(x), mask, mixing=mixing)
         mhsa = mhsa_scale * mhsa
         norms = None
         if collect:

@@ -1,5 +1,4 @@
-"""Small tensor helpers shared by the encoder and the decoders: masks, positions, masked softmax, and the
-hard centre-frame cross-attention of the paper's third mitigation.
+"""Small tensor helpers shared by the encoder and the decoders: masks, dropout, positions, masked softmax.
 
 Shapes: B batch, T frames, D width, H heads.
 """
@@ -11,8 +10,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from trainers.config import ModelConfig
 
 
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -26,7 +23,7 @@ class Dropout(nn.Module):
     the whole utterance, so dropout cannot mark single frames. Without it, exactly nn.Dropout (same draws).
     """
 
-    def __init__(self, p: float, broadcast: bool = False):
+    def __init__(self, p: float, *, broadcast: bool = False):
         super().__init__()
         self.p, self.broadcast = p, broadcast
 
@@ -71,22 +68,3 @@ def masked_mean_norm(x: Tensor, mask: Tensor) -> float:
     """Mean over valid frames (pooled over the batch) of the L2 norm over D of x (B, T, D)."""
     norms = x.detach().float().norm(dim=-1)
     return float((norms * mask).sum() / mask.sum().clamp_min(1))
-
-
-def center_attention_lambda(step: int | None, cfg: ModelConfig) -> float:
-    """Weight of the learned cross-attention under hard centre-frame attention: 0 forced, 1 learned only."""
-    forced_steps, blend_steps = cfg.center_attention_steps, cfg.center_attention_blend_steps
-    if step is None or step >= forced_steps + blend_steps:
-        return 1.0
-    if step < forced_steps:
-        return 0.0
-    return (step - forced_steps) / blend_steps
-
-
-def apply_center_attention(weights: Tensor, lengths: Tensor, lam: float) -> Tensor:
-    """(1 - lam) * one-hot at frame length // 2 + lam * weights. weights (B, ..., T'), lengths (B,)."""
-    if lam >= 1.0:
-        return weights
-    one_hot = F.one_hot(lengths // 2, weights.shape[-1]).to(weights.dtype)
-    one_hot = one_hot.view(one_hot.shape[0], *([1] * (weights.dim() - 2)), one_hot.shape[-1])
-    return (1.0 - lam) * one_hot + lam * weights if lam > 0.0 else one_hot.expand_as(weights)

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,25 @@ class RenderConfig:
     max_edge_silence: float = 0.50
     min_snr_db: float = 15.0
     max_snr_db: float = 35.0
+    # Duration bounds: an utterance rendered outside them is drawn again (speaker and words); the default
+    # bounds never reject, so a corpus without them is what its seed always gave.
+    min_seconds: float = 0.0
+    max_seconds: float = math.inf
     seed: int = 0
     words: list[str] = field(default_factory=lambda: list(WORDS))
+
+
+# The corpora this project uses, by name (`--corpus`); their numbers are discussed where they are used.
+CORPORA = {
+    # README's speech quick start (search_spaces/speech_quick.yaml)
+    "quick": RenderConfig(utterances=400, dev_utterances=40, speakers=4, vocabulary=12, min_words=2, max_words=4),
+    # study 7 (search_spaces/studies/speech_rendered*.yaml): 2.2 h, 1.5-7.2 s
+    "study": RenderConfig(utterances=2000, dev_utterances=100, speakers=8, min_words=3, max_words=8),
+    # the paper's lengths (T' ~ 170-250 at x6; search_spaces/studies/speech_long*.yaml)
+    "long": RenderConfig(
+        utterances=1000, dev_utterances=50, speakers=8, min_words=15, max_words=35, min_seconds=10, max_seconds=15
+    ),
+}
 
 
 def espeak_available() -> bool:
@@ -197,20 +215,30 @@ def _alignment_line(utterance_id: str, rendered: Rendered) -> str:
 def render_corpus(out: Path, cfg: RenderConfig, log=print) -> dict[str, int]:
     """Render the `train` and `dev` subsets under `out`; returns utterances per subset."""
     if not espeak_available():
-        raise RuntimeError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
+        raise RuntimeError("espeak-ng is not installed (`make espeak`, or Debian: apt-get install espeak-ng)")
     if not 1 <= cfg.min_words <= cfg.max_words:
         raise ValueError("need 1 <= min_words <= max_words")
+    if not 0 <= cfg.min_seconds < cfg.max_seconds:
+        raise ValueError("need 0 <= min_seconds < max_seconds")
     vocabulary = cfg.words[: cfg.vocabulary]
     rng = np.random.default_rng(cfg.seed)
     speakers = make_speakers(cfg.speakers, rng)
-    plan = []  # (subset, speaker index, words)
-    for subset, count in (("train", cfg.utterances), ("dev", cfg.dev_utterances)):
-        for _ in range(count):
-            n = int(rng.integers(cfg.min_words, cfg.max_words + 1))
-            plan.append(
-                (subset, int(rng.integers(len(speakers))), [str(w) for w in rng.choice(vocabulary, n)])
-            )
-    needed = sorted({(s, w) for _, s, words in plan for w in words})
+
+    def draw() -> tuple[int, list[str]]:
+        """A speaker index and the utterance's words."""
+        n = int(rng.integers(cfg.min_words, cfg.max_words + 1))
+        return int(rng.integers(len(speakers))), [str(w) for w in rng.choice(vocabulary, n)]
+
+    plan = [  # (subset, speaker index, words)
+        (subset, *draw())
+        for subset, count in (("train", cfg.utterances), ("dev", cfg.dev_utterances))
+        for _ in range(count)
+    ]
+    bounded = cfg.min_seconds > 0 or math.isfinite(cfg.max_seconds)
+    if bounded:  # a redrawn utterance may use any word of any speaker
+        needed = [(s, str(w)) for s in range(len(speakers)) for w in vocabulary]
+    else:
+        needed = sorted({(s, w) for _, s, words in plan for w in words})
     with ThreadPoolExecutor(max_workers=4) as pool:  # espeak-ng runs as a subprocess: threads suffice
         clips = dict(
             zip(needed, pool.map(lambda key: synthesise(key[1], speakers[key[0]]), needed), strict=True)
@@ -221,6 +249,16 @@ def render_corpus(out: Path, cfg: RenderConfig, log=print) -> dict[str, int]:
     chapters: dict[tuple[str, int], list[tuple[str, Rendered]]] = {}
     for subset, s, words in plan:
         rendered = assemble([w.upper() for w in words], [clips[(s, w)] for w in words], cfg, rng)
+        for _ in range(1000):
+            if cfg.min_seconds <= len(rendered.audio) / SAMPLE_RATE <= cfg.max_seconds:
+                break
+            s, words = draw()
+            rendered = assemble([w.upper() for w in words], [clips[(s, w)] for w in words], cfg, rng)
+        else:
+            raise ValueError(
+                f"no utterance of {cfg.min_words}-{cfg.max_words} words fits "
+                f"{cfg.min_seconds}-{cfg.max_seconds} s after 1000 draws"
+            )
         chapter = chapters.setdefault((subset, s), [])
         speaker_id, chapter_id = 100 + s, 1 if subset == "train" else 2
         chapter.append((f"{speaker_id}-{chapter_id}-{len(chapter):04d}", rendered))
@@ -245,33 +283,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trainers.speech.speak", description=__doc__.split("\n\n")[0]
     )
-    defaults = RenderConfig()
-    parser.add_argument("--out", required=True, help="corpus folder to create (must not hold train/ or dev/)")
-    parser.add_argument("--utterances", type=int, default=defaults.utterances, help="train utterances")
-    parser.add_argument("--dev-utterances", type=int, help="dev utterances (default: utterances / 5)")
-    parser.add_argument("--speakers", type=int, default=defaults.speakers)
     parser.add_argument(
-        "--vocabulary", type=int, default=defaults.vocabulary, help=f"word types, <= {len(WORDS)}"
+        "--corpus",
+        choices=sorted(CORPORA),
+        default="quick",
+        help="which corpus (default quick); the options below change single settings of it",
     )
-    parser.add_argument("--min-words", type=int, default=defaults.min_words)
-    parser.add_argument("--max-words", type=int, default=defaults.max_words)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--out", help="corpus folder to create (must not hold train/ or dev/; default data/spoken[-CORPUS])"
+    )
+    parser.add_argument("--utterances", type=int, help="train utterances")
+    parser.add_argument("--dev-utterances", type=int, help="dev utterances")
+    parser.add_argument("--speakers", type=int)
+    parser.add_argument("--vocabulary", type=int, help=f"word types, <= {len(WORDS)}")
+    parser.add_argument("--min-words", type=int)
+    parser.add_argument("--max-words", type=int)
+    parser.add_argument("--min-seconds", type=float, help="shortest utterance (longer ones are redrawn)")
+    parser.add_argument("--max-seconds", type=float, help="longest utterance")
+    parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out or ("data/spoken" if args.corpus == "quick" else f"data/spoken-{args.corpus}"))
     if any((out / subset).exists() for subset in ("train", "dev")):
         print(f"error: {out} already holds a rendered corpus (train/ or dev/)", file=sys.stderr)
         return 2
-    cfg = RenderConfig(
-        utterances=args.utterances,
-        dev_utterances=args.dev_utterances
-        if args.dev_utterances is not None
-        else max(1, args.utterances // 5),
-        speakers=args.speakers,
-        vocabulary=min(args.vocabulary, len(WORDS)),
-        min_words=args.min_words,
-        max_words=args.max_words,
-        seed=args.seed,
-    )
+    chosen = {
+        name: value
+        for name in ("utterances", "dev_utterances", "speakers", "vocabulary", "min_words", "max_words")
+        + ("min_seconds", "max_seconds", "seed")
+        if (value := getattr(args, name)) is not None
+    }
+    if "vocabulary" in chosen:
+        chosen["vocabulary"] = min(chosen["vocabulary"], len(WORDS))
+    cfg = replace(CORPORA[args.corpus], **chosen)
     try:
         counts = render_corpus(out, cfg)
     except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:

@@ -1,0 +1,97 @@
+"""`sweep.report`, section by section, on a hand-made record (no MLflow): each section a function of what the
+sweep recorded; the kinds and the undecided reasons shown; comparisons within a family."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sweep import report
+from sweep.design import CellDesign, SweepDesign
+from sweep.results import SweepRecord
+from tests.sweep.test_kinds import KINDS, hand_made
+
+FIGURES = {"g0_direction": 0.9, "encoder_direction": -0.9, "min_direction": 0.5, "layers": 2, "run_id": "r"}
+FIGURES |= {"mhsa_ffn_ratio_before": 1.0, "mhsa_ffn_ratio_after": 3.0, "min_attention_direction": 0.5}
+FIGURES |= {"backward_evaluations": 0, "backward_first_step": None, "backward_last_step": None}
+FIGURES |= {"reversed_encoder_evaluations": 0}
+
+
+class Curves:
+    """The one curve a report section reads from MLflow for runs that did not flip, constant at 1.5."""
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        return pd.Series({50: 1.5, 100: 1.5}, dtype=float)
+
+
+def record() -> SweepRecord:
+    cells = [
+        CellDesign(name=name, values={}, settings={}, control=kind == "control", kind=kind)
+        for name, kind in KINDS.items()
+    ]
+    design = SweepDesign(
+        sweep_id="kinds-1", space="kinds", trainer="conformer_aed", search="grid", factors=[], cells=cells
+    )
+    design = design.model_copy(update={"baseline": "baseline", "seeds": [0, 1]})
+    return SweepRecord([], design, hand_made())
+
+
+def finished(stats) -> pd.DataFrame:
+    """The finished runs as `report.finished_runs` gives them, with the figures a reversed run carries."""
+    done = stats.trials[stats.trials["label"] != "failed"]
+    return done.assign(**FIGURES, flip_block=[2 if label == "reversed" else None for label in done["label"]])
+
+
+def test_the_design_section_names_the_kinds_and_each_familys_baseline():
+    lines = "\n".join(report.design_lines(record()))
+    assert "baseline cell: `baseline` (the first natural cell); induced baseline: `first-20`" in lines
+    assert "cells by kind: 1 natural, 1 mitigation, 2 induced, 1 control" in lines
+    assert "each cell is compared with the baseline of its family" in lines
+
+
+def test_the_incidence_section_shows_each_cells_kind_why_runs_are_undecided_and_each_kinds_rate():
+    stats = record().incidence()
+    text = "\n".join(report.incidence_lines(stats))
+    header = text.split("\n")[2]
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["cell", "kind", "n"]
+    assert "undecided: why" in header
+    row = next(line for line in text.splitlines() if line.startswith("| first-20-ctc"))
+    assert "| induced" in row and "focus 1, sink 1" in row
+    assert "- Natural runs: 4 (0 reversed, 4 normal, 0 undecided, 0 failed); reversal rate" in text
+    assert "- Induced runs: 8 (1 reversed, 5 normal, 2 undecided (focus 1, sink 1), 0 failed)" in text
+
+
+def test_the_comparison_section_tests_each_family_against_its_own_baseline():
+    text = "\n".join(report.comparison_lines(record().incidence()))
+    natural = text.split("### Fisher exact tests against `baseline`")[1].split("###")[0]
+    induced = text.split("### Fisher exact tests against `first-20`")[1].split("###")[0]
+    assert "| ctc" in natural and "first-20-ctc" not in natural
+    assert "| first-20-ctc" in induced and "| ctc " not in induced
+    assert "### Logistic regression" in text and "induced decided runs" in text
+
+
+def test_the_reversed_and_mechanism_sections_keep_families_apart():
+    stats = record().incidence()
+    runs = finished(stats)
+    verified = "\n".join(report.reversed_lines(runs))
+    rows = [line.split("|")[2:4] for line in verified.splitlines() if line.startswith(("| t0", "| t1"))]
+    assert sorted((cell.strip(), kind.strip()) for cell, kind in rows) == [
+        ("control", "control"),
+        ("control", "control"),
+        ("first-20", "induced"),
+    ]
+    assert "3 of 3 reversed runs pass every check." in verified
+    mechanism = "\n".join(report.mechanism_lines(Curves(), runs))
+    assert "No natural and mitigation run reversed" in mechanism  # the induced flip is not theirs
+    assert "### Mechanism, induced runs" in mechanism
+    assert "control" not in mechanism  # constructed flips say nothing about the mechanism
+
+
+def test_the_report_is_its_sections_in_order(monkeypatch):
+    monkeypatch.setattr(report, "load_sweeps", lambda client, experiment, ids: record())
+    monkeypatch.setattr(report, "Histories", lambda client: Curves())
+    monkeypatch.setattr(report, "finished_runs", lambda history, trials: finished(record().incidence()))
+    text = report.report(client=None, experiment="kinds")
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings[:4] == ["## ", "### Design", "### Incidence", "### Fisher exact tests against `baseline`"]
+    assert headings.index("### Logistic regression") < headings.index("### Reversed runs, verified")
+    assert headings[-1] == "### Mechanism, induced runs: MHSA/FFN norm ratio of the flipping block (medians)"
