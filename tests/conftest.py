@@ -104,6 +104,14 @@ def tiny_trial(trained) -> TrainedTrial:
     return trained(TINY)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under `make test`, slow tests first: pytest-xdist hands out tests in this order, so the workers start
+    on the long ones and end on short ones, rather than one waiting while the other trains a control."""
+    if getattr(config.option, "loadgroup", False):  # set in xdist's workers under loadgroup
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_collection_finish(session) -> None:
     """Say so when `--dist loadgroup` lost the `xdist_group` marks: pytest 9.2 drops the group that
     pytest-xdist 3.8 writes into each test's id (pytest-dev/pytest-xdist#1386), and a group's tests then

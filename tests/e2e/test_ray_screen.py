@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import TINY
 from tests.e2e.test_sweep import runs, sweep, wait_for_a_checkpoint, write_space
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]  # one Ray at a time under `make test`
+pytestmark = pytest.mark.slow
 
 
 def trial_worker(driver: subprocess.Popen) -> psutil.Process:

@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import ALIGNING
 from tests.e2e.test_sweep import ROOT, runs, sweep, write_space
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]  # one Ray at a time under `make test`
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e-services")]  # its server: one worker
 BIN = Path(sys.executable).parent
 
 

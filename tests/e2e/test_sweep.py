@@ -23,7 +23,7 @@ from sweep.outputs import TABLES, TRIALS
 from sweep.state import STATE_FILE, read_state, write_state
 from tests.conftest import TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]  # one Ray at a time under `make test`
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e-sweep")]  # its module sweep: one worker
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 BASELINE = "model.ffn_scale=1.0"  # declared, and not the first cell
