@@ -44,6 +44,12 @@ def test_viterbi_gives_every_label_a_frame_when_frames_are_scarce():
     assert viterbi_align(scores, BLANK) == [(0, 1), (1, 2), (2, 3)]
 
 
+def test_viterbi_aligns_more_labels_than_an_int8_counts():
+    # 100 labels have 201 states: a long utterance's BPE pieces (study 7 at 10-15 s has 60-90).
+    scores = scores_from_frames([[2 * s] for s in range(100)], num_frames=200)
+    assert viterbi_align(scores, BLANK) == [(2 * s, 2 * s + 1) for s in range(100)]
+
+
 def test_viterbi_rejects_fewer_frames_than_labels():
     with pytest.raises(ValueError, match="cannot align 3 labels to 2 frames"):
         viterbi_align(np.zeros((3, 2)), BLANK)

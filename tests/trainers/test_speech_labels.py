@@ -24,7 +24,7 @@ from trainers.detector.verdict import (
 )
 from trainers.outcome import TrialCost, TrialOutcome
 
-# min_accuracy 0.5, min_peak 0.2, min_focus 8, max_word_overlap 0.5, sink_lift 3, initial_frames 3
+# min_accuracy 0.5, min_peak 0.2, min_focus 8, max_word_overlap 0.6, sink_lift 3, initial_frames 3
 CFG = DetectorConfig()
 FORWARDS, ENCODER_BACKWARDS = [0.9, 0.9, 0.9], [0.9, 0.8, -0.9]  # G_0 .. G_2
 SINK = 3  # CFG.initial_frames

@@ -78,7 +78,7 @@ def viterbi_align(scores: np.ndarray, blank_score: float) -> list[Span]:
     path = np.empty(frames, dtype=np.int64)
     for t in range(frames - 1, -1, -1):
         path[t] = state
-        state -= backpointer[t, state]
+        state -= int(backpointer[t, state])  # int: an int8 state would overflow past 127 (64+ labels)
     # The path is non-decreasing, so each label state occupies one contiguous run of frames.
     label_states = 2 * np.arange(num_labels) + 1
     starts = np.searchsorted(path, label_states, side="left")

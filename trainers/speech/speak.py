@@ -23,7 +23,7 @@ Output, readable as a LibriSpeech corpus (`speech.root: DIR`, subsets `train` an
 
 Rendering is deterministic for a given seed and espeak-ng version. Duration bounds (`min_seconds`,
 `max_seconds`) draw an utterance again, speaker and words, until it fits; the word count is drawn first, so a
-long corpus's counts are those that fit (15-35 words drawn into 10-15 s keep 15-27).
+long corpus's counts are those that fit (15-35 words drawn into 10-15 s keep 15-28).
 """
 
 from __future__ import annotations
