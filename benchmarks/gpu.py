@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from trainers.config import build_config
+from trainers.config import SMALL_MODEL, build_config
 from trainers.train import run_trial
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -52,14 +52,8 @@ TINY = {
     "data.num_labels": 8,
     "data.min_labels": 3,
     "data.max_labels": 5,
-    "model.d_model": 32,
+    **SMALL_MODEL,
     "model.layers": 2,
-    "model.heads": 2,
-    "model.ffn_dim": 64,
-    "model.frontend_channels": 8,
-    "model.decoder_dim": 64,
-    "model.embed_dim": 32,
-    "model.attention_dim": 32,
     "train.batch_size": 8,
     "train.device": "cpu",
     "train.threads": 1,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from trainers.config import SMALL_MODEL
+
 # One thread per test process: the suite runs on 2 cores next to Ray workers.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,14 +30,8 @@ TINY = {
     "data.max_label_frames": 10,
     "data.min_silence_frames": 4,
     "data.max_silence_frames": 10,
-    "model.d_model": 32,
+    **SMALL_MODEL,
     "model.layers": 2,
-    "model.heads": 2,
-    "model.ffn_dim": 64,
-    "model.frontend_channels": 8,
-    "model.decoder_dim": 64,
-    "model.embed_dim": 32,
-    "model.attention_dim": 32,
     "train.steps": 40,
     "train.batch_size": 8,
     "train.threads": 1,

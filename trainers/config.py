@@ -392,6 +392,19 @@ class TrialConfig(_Section):
         return self
 
 
+# A 32-wide model that trains in seconds on one CPU thread: the test suite's and `benchmarks.gpu --tiny`'s.
+# Dotted keys, as a space file's `base` writes them; the depth is left to the user.
+SMALL_MODEL: dict[str, Any] = {
+    "model.d_model": 32,
+    "model.heads": 2,
+    "model.ffn_dim": 64,
+    "model.frontend_channels": 8,
+    "model.decoder_dim": 64,
+    "model.embed_dim": 32,
+    "model.attention_dim": 32,
+}
+
+
 RunKind = Literal["natural", "mitigation", "induced", "control"]
 RUN_KINDS: tuple[str, ...] = RunKind.__args__
 

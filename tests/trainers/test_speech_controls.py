@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.config import DetectorConfig, build_config
+from trainers.config import SMALL_MODEL, DetectorConfig, build_config
 from trainers.speech.speak import CORPORA, espeak_available, render_corpus
 from trainers.train import make_corpus
 
@@ -36,13 +36,7 @@ CASE_IDS = [
 ]
 
 MODEL = {
-    "model.d_model": 32,
-    "model.heads": 2,
-    "model.ffn_dim": 64,
-    "model.frontend_channels": 8,
-    "model.decoder_dim": 64,
-    "model.embed_dim": 32,
-    "model.attention_dim": 32,
+    **SMALL_MODEL,
     "model.subsampling": 6,
     # Early stop ends a run once its label held for 3 evaluations (from step 300): the controls decide at step
     # 300-550, so 2000 steps only set the schedule. A 6-block model on a 1000-step schedule, whose learning
