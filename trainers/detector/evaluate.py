@@ -93,12 +93,15 @@ def read_attention(
     mass, lift = cross_initial_mass(attention, label_lengths, enc_lengths, cfg.initial_frames)
     sink = lift >= cfg.sink_lift
     outside = outside_sink(attention, enc_lengths, cfg.initial_frames, sink)
-    outside_readings = attention_readings(outside, label_lengths, enc_lengths)
+    # Without a sink `outside` is `attention` bit for bit, and so are its readings: read it once.
+    outside_readings = (
+        attention_readings(outside, label_lengths, enc_lengths) if sink.any() else per_utterance
+    )
     per_utterance.update(
         cross_initial_mass=mass,
         cross_initial_lift=lift,
         sink_frames=np.where(sink, initial_frames(enc_lengths, cfg.initial_frames), 0),
-        **{f"outside_sink_{name}": value for name, value in outside_readings.items()},
+        **{f"outside_sink_{name}": value.copy() for name, value in outside_readings.items()},
         word_overlap=word_overlap(outside, label_lengths, enc_lengths, word_index),
     )
     return per_utterance
