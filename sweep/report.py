@@ -24,12 +24,16 @@ driver recorded on the parent run, so the numbers are the driver's own. Several 
 * **Mechanism** (per family of kinds, controls left out): the flipping block's MHSA/FFN ratio before and
   after the flip, next to the same block of every run that did not flip, read from its curve at the median
   flip step.
+* **Each run**: its label, the step from which every evaluation gave that label, why its evaluations were
+  undecided along the way, and its last readings (also `runs.csv` with `--tables`). With `--plots`, each
+  run's last cross-attention map is fetched beside the curves, named by its cell and seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +46,7 @@ from sweep.results import PoolError, SweepRecord, load_sweeps
 from sweep.stats import IncidenceReport
 from sweep.tracking import default_tracking_uri
 from trainers.config import DetectorConfig
-from trainers.detector.verdict import LABELS, reads_reversed
+from trainers.detector.verdict import LABEL_CODES, LABELS, REASON_CODES, UNDECIDED_REASONS, reads_reversed
 
 # The detector's own default, for runs that did not log the key.
 DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default
@@ -229,6 +233,82 @@ def write_plots(history: Histories, finished: pd.DataFrame, directory: Path, nam
     ]
 
 
+# A run's last readings in the per-run table, in the order a reader checks them: learnt, which way, how sharp,
+# the start-edge sink, the encoder's gradient maps, the most backward reading on the way.
+RUN_FIGURES = (
+    "accuracy",
+    "attention_direction",
+    "outside_sink_direction",
+    "attention_peak",
+    "attention_focus",
+    "word_overlap",
+    "cross_initial_lift",
+    "max_cross_initial_lift",
+    "g0_direction",
+    "encoder_direction",
+    "min_attention_direction",
+)
+RUNS_TABLE = "runs.csv"
+ATTENTION_MAP = "attention.png"  # the trial's last cross-attention map, an artifact of its run
+
+
+def settled_from(labels: pd.Series, label: str) -> float:
+    """The first step from which every evaluation's label (`label_code` curve) was the run's final `label`;
+    NaN for an undecided run or one whose last evaluation disagrees."""
+    if label == "undecided" or labels.empty or labels.iloc[-1] != LABEL_CODES[label]:
+        return math.nan
+    other = labels.index[labels != LABEL_CODES[label]]
+    held = labels.index[labels.index > other.max()] if len(other) else labels.index
+    return float(held.min())
+
+
+def undecided_evaluations(reason_codes: pd.Series) -> str:
+    """How many of the run's evaluations were undecided, by reason (`reason_code` curve): "sink 2"."""
+    counts = reason_codes.value_counts()
+    return ", ".join(
+        f"{reason} {int(counts[code])}" for reason, code in REASON_CODES.items() if code in counts.index
+    )
+
+
+def runs(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run: label (reason), the step it settled from, its undecided evaluations by reason
+    and its last readings (those of RUN_FIGURES the sweep recorded)."""
+    rows = []
+    for run in finished.itertuples(index=False):
+        rows.append(
+            {
+                "settled_from": settled_from(history(run.run_id, "label_code"), run.label),
+                "undecided_evaluations": undecided_evaluations(history(run.run_id, "reason_code")),
+            }
+        )
+    figures = [f for f in RUN_FIGURES if f in finished.columns]
+    ids = ["trial_key", "cell", "seed", "kind", "label", "reason", "steps"]
+    table = finished[[c for c in ids if c in finished.columns]].reset_index(drop=True)
+    if "reason" in table:
+        table["reason"] = table["reason"].fillna("")
+    return pd.concat([table, pd.DataFrame(rows), finished[figures].reset_index(drop=True)], axis=1)
+
+
+def fetch_attention_maps(client: MlflowClient, finished: pd.DataFrame, directory: Path, name: str) -> list:
+    """Each finished run's last cross-attention map, copied into `directory` as
+    `<name>_<cell>_seed<seed>_attention.png` (not by trial key: keys repeat across pooled sweeps); returns
+    (run, path) for the runs that have one."""
+    import shutil
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    for run in finished.itertuples(index=False):
+        if ATTENTION_MAP not in {a.path for a in client.list_artifacts(run.run_id)}:
+            continue
+        cell = re.sub(r"[^A-Za-z0-9._=-]+", "-", str(run.cell))
+        target = directory / f"{name}_{cell}_seed{run.seed}_attention.png"
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(client.download_artifacts(run.run_id, ATTENTION_MAP, tmp), target)
+        fetched.append((run, target))
+    return fetched
+
+
 def _markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     return frame.to_markdown(index=False, floatfmt=floatfmt) if len(frame) else "(none)"
 
@@ -374,10 +454,39 @@ def mechanism_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
     return lines
 
 
+def runs_lines(history: Histories, finished: pd.DataFrame, tables: Path | None = None) -> list[str]:
+    """Every finished run, one row each (written to `tables/runs.csv` too when given)."""
+    table = runs(history, finished)
+    if tables is not None:
+        tables.mkdir(parents=True, exist_ok=True)
+        table.to_csv(tables / RUNS_TABLE, index=False)
+    reasons = ", ".join(UNDECIDED_REASONS)
+    return [
+        "### Each run: its label, when it settled, and its last readings",
+        "",
+        "`settled_from`: the first step from which every evaluation gave the run's final label. "
+        f"`undecided_evaluations`: its evaluations that were undecided, by reason ({reasons}). "
+        "`outside_sink_direction`: the attention's direction outside a start-edge sink; "
+        "`cross_initial_lift`: the cross-attention on the initial frames over uniform (last / "
+        "`max_`: highest); `g0_direction` / `encoder_direction`: the encoder input's and the last block's "
+        "gradient maps; `min_attention_direction`: the most backward reading at any evaluation (outside any "
+        "sink).",
+        "",
+        _markdown(table),
+        "",
+    ]
+
+
 def plot_lines(history: Histories, finished: pd.DataFrame, plots: Path, record: SweepRecord) -> list[str]:
-    """Every run's curves drawn into `plots`, as Markdown images."""
+    """Every run's curves drawn into `plots`, and each run's last cross-attention map fetched there, as
+    Markdown images (a map's caption: cell, seed, label)."""
     drawn = write_plots(history, finished, plots, record.space_names)
-    return [f"![{p.stem}]({p.as_posix()})" for p in drawn] + [""]
+    maps = fetch_attention_maps(history.client, finished, plots, record.space_names)
+    lines = [f"![{p.stem}]({p.as_posix()})" for p in drawn]
+    for run, path in maps:
+        why = f" ({run.reason})" if isinstance(run.reason, str) and run.reason else ""
+        lines.append(f"![{run.cell}, seed {run.seed}: {run.label}{why}]({path.as_posix()})")
+    return lines + [""]
 
 
 def closing_lines(record: SweepRecord, stats: IncidenceReport) -> list[str]:
@@ -412,6 +521,7 @@ def report(
     out = [f"## {record.name}", "", *design_lines(record), *incidence_lines(stats), *comparison_lines(stats)]
     out += backward_lines(finished) + first_step_lines(finished) + dominance_lines(history, finished)
     out += reversed_lines(finished) + mechanism_lines(history, finished)
+    out += runs_lines(history, finished, tables)
     if plots is not None:
         out += plot_lines(history, finished, plots, record)
     out += closing_lines(record, stats)

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from sweep.outputs import TABLES, TRIALS
 from sweep.state import STATE_FILE, read_state, write_state
 from tests.conftest import TINY
+from trainers.detector.verdict import LABELS
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e-sweep")]  # its module sweep: one worker
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,6 +266,15 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     plots = ("t_attention_direction.png", "t_mhsa_residual.png", "t_cross_initial_lift.png")
     for plot in plots:  # <space name>_<figure>
         assert (tmp_path / "img" / plot).stat().st_size > 1000 and f"{plot[:-4]}]" in markdown
+    # Each run: its row (also runs.csv) and its last attention map, fetched from its run by cell and seed.
+    each = pd.read_csv(tmp_path / "report" / "runs.csv")
+    trials = pd.read_csv(tmp_path / "report" / TRIALS)
+    assert sorted(each["trial_key"]) == sorted(trials["trial_key"]) and each["label"].isin(LABELS).all()
+    assert each.loc[each["label"] != "undecided", "settled_from"].notna().all()
+    for run in each.itertuples():
+        attention_map = tmp_path / "img" / f"t_{run.cell}_seed{run.seed}_attention.png"
+        assert attention_map.stat().st_size > 1000
+        assert f"![{run.cell}, seed {run.seed}: {run.label}" in markdown
 
     assert not [o for o in outputs(notebook) if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs(notebook) if o.output_type == "stream")

@@ -3,6 +3,8 @@ sweep recorded; the kinds and the undecided reasons shown; comparisons within a 
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from sweep import report
@@ -94,4 +96,42 @@ def test_the_report_is_its_sections_in_order(monkeypatch):
     headings = [line for line in text.splitlines() if line.startswith("#")]
     assert headings[:4] == ["## ", "### Design", "### Incidence", "### Fisher exact tests against `baseline`"]
     assert headings.index("### Logistic regression") < headings.index("### Reversed runs, verified")
-    assert headings[-1] == "### Mechanism, induced runs: MHSA/FFN norm ratio of the flipping block (medians)"
+    assert headings[-2] == "### Mechanism, induced runs: MHSA/FFN norm ratio of the flipping block (medians)"
+    assert headings[-1] == "### Each run: its label, when it settled, and its last readings"
+
+
+def test_a_run_settles_from_the_first_step_after_its_last_other_label():
+    labels = pd.Series({50: 0.0, 100: 1.0, 150: 0.0, 200: 1.0, 250: 1.0}, dtype=float)  # undecided, normal...
+    assert report.settled_from(labels, "normal") == 200
+    assert report.settled_from(pd.Series({50: 1.0, 100: 1.0}, dtype=float), "normal") == 50  # from the start
+    assert math.isnan(report.settled_from(labels, "reversed"))  # its last evaluation says otherwise
+    assert math.isnan(report.settled_from(labels, "undecided"))  # an undecided run never settles
+    assert math.isnan(report.settled_from(pd.Series(dtype=float), "normal"))  # no curve
+
+
+def test_undecided_evaluations_are_counted_by_reason_in_the_reasons_order():
+    codes = pd.Series({50: 3.0, 100: 1.0, 150: 1.0, 200: 0.0, 250: 3.0, 300: 3.0}, dtype=float)
+    assert report.undecided_evaluations(codes) == "accuracy 2, sink 3"
+    assert report.undecided_evaluations(pd.Series({50: 0.0}, dtype=float)) == ""
+
+
+class LabelCurves:
+    """Every run normal from step 100 after undecided (accuracy) at 50; the figures a report reads at 1.5."""
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        curves = {"label_code": {50: 0.0, 100: 1.0, 150: 1.0}, "reason_code": {50: 1.0, 100: 0.0, 150: 0.0}}
+        return pd.Series(curves.get(key, {50: 1.5, 100: 1.5}), dtype=float)
+
+
+def test_the_runs_section_has_a_row_per_finished_run_and_writes_its_table(tmp_path):
+    runs = finished(record().incidence())
+    text = "\n".join(report.runs_lines(LabelCurves(), runs, tmp_path))
+    table = pd.read_csv(tmp_path / report.RUNS_TABLE)
+    assert len(table) == len(runs) and table["trial_key"].tolist() == runs["trial_key"].tolist()
+    normal = table[table["label"] == "normal"]
+    assert (normal["settled_from"] == 100).all()  # settled where its label stopped changing
+    assert table.loc[table["label"] != "normal", "settled_from"].isna().all()  # the curves say normal
+    assert (table["undecided_evaluations"] == "accuracy 1").all()
+    assert {"g0_direction", "encoder_direction", "min_attention_direction"} <= set(table.columns)
+    rows = [line for line in text.splitlines() if line.startswith("| t") and "trial_key" not in line]
+    assert len(rows) == len(runs)
