@@ -34,13 +34,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from sweep.kept import KeptRuns, is_kept, write_kept
 from sweep.kinds import FAMILIES, FAMILY_TEXT, KINDS, reasons_text
 from sweep.results import PoolError, SweepRecord, load_sweeps
 from sweep.stats import IncidenceReport
@@ -52,16 +55,28 @@ from trainers.detector.verdict import LABEL_CODES, LABELS, REASON_CODES, UNDECID
 DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default
 
 
-class Histories:
-    """Metric curves of runs, each fetched from MLflow once per report (the tables and plots share them)."""
+class RunReader:
+    """What the report reads of each run: its metric curves, trial-config values and last attention map,
+    each read once per report; from MLflow, or for the runs of kept folders (`sweep.kept`) from there."""
 
-    def __init__(self, client: MlflowClient):
+    def __init__(self, client: MlflowClient | None, kept: KeptRuns | None = None):
         self.client = client
+        self.kept = kept or KeptRuns()
         self._cache: dict[tuple[str, str], pd.Series] = {}
         self._params: dict[str, dict[str, str]] = {}
 
+    @classmethod
+    def of(cls, client: MlflowClient | None, record: SweepRecord) -> RunReader:
+        """A reader for the record's runs, those of its kept folders read from there."""
+        kept = KeptRuns()
+        for folder in record.kept_folders:
+            kept.add(folder)
+        return cls(client, kept)
+
     def __call__(self, run_id: str, key: str) -> pd.Series:
         """A metric's curve as a step-indexed series (empty if the run never logged it)."""
+        if run_id in self.kept.run_ids:
+            return self.kept.curve(run_id, key)
         if (run_id, key) not in self._cache:
             points = self.client.get_metric_history(run_id, key)
             self._cache[run_id, key] = pd.Series({p.step: p.value for p in points}, dtype=float).sort_index()
@@ -69,9 +84,21 @@ class Histories:
 
     def param(self, run_id: str, key: str, default: float) -> float:
         """A run's numeric trial-config value (e.g. `model.layers`)."""
+        if run_id in self.kept.run_ids:
+            return self.kept.param(run_id, key, default)
         if run_id not in self._params:
             self._params[run_id] = self.client.get_run(run_id).data.params
         return float(self._params[run_id].get(key, default))
+
+    def attention_map(self, run_id: str, target: Path) -> bool:
+        """Copy the run's last cross-attention map to `target`; False if it has none."""
+        if run_id in self.kept.run_ids:
+            return self.kept.attention_map(run_id, target)
+        if ATTENTION_MAP not in {a.path for a in self.client.list_artifacts(run_id)}:
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(self.client.download_artifacts(run_id, ATTENTION_MAP, tmp), target)
+        return True
 
 
 def paper_depth(layers: int) -> int:
@@ -87,11 +114,11 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
-def finished_runs(history: Histories, trials: pd.DataFrame) -> pd.DataFrame:
+def finished_runs(reader: RunReader, trials: pd.DataFrame) -> pd.DataFrame:
     """The runs with a label (not failed, not incomplete), with their depth and detector threshold."""
     done = trials[trials["label"].isin(LABELS)].copy()
-    done["layers"] = [int(history.param(r, "model.layers", 0)) for r in done["run_id"]]
-    thresholds = (history.param(r, "detector.min_direction", DEFAULT_MIN_DIRECTION) for r in done["run_id"])
+    done["layers"] = [int(reader.param(r, "model.layers", 0)) for r in done["run_id"]]
+    thresholds = (reader.param(r, "detector.min_direction", DEFAULT_MIN_DIRECTION) for r in done["run_id"])
     done["min_direction"] = list(thresholds)
     return done
 
@@ -132,7 +159,7 @@ def first_step(finished: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def mechanism(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
+def mechanism(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
     """MHSA/FFN ratio of the flipping block before the flip and at the end: a reversed run's own recorded
     figures; a run that did not flip, read from its curve at that block and the sweep's median flip step."""
     flipped = finished[finished["label"] == "reversed"]
@@ -145,7 +172,7 @@ def mechanism(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
         if run.label == "reversed":
             b, before, after = int(run.flip_block), run.mhsa_ffn_ratio_before, run.mhsa_ffn_ratio_after
         else:
-            b, ratio = block, history(run.run_id, f"mhsa_ffn_ratio_{block}")
+            b, ratio = block, reader(run.run_id, f"mhsa_ffn_ratio_{block}")
             before, after = _at(ratio, flip_step - 1), _at(ratio, math.inf)
         rows.append(
             {
@@ -160,14 +187,14 @@ def mechanism(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def dominance(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
+def dominance(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
     """Per cell, MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of 12, scaled to
     the run's depth): first evaluation, maximum, end. Does self-attention come to dominate?"""
     rows = []
     for run in finished.itertuples(index=False):
         block = paper_depth(run.layers)
-        ratio = history(run.run_id, f"mhsa_ffn_ratio_{block}")
-        residual = history(run.run_id, f"mhsa_residual_ratio_{block}")
+        ratio = reader(run.run_id, f"mhsa_ffn_ratio_{block}")
+        residual = reader(run.run_id, f"mhsa_residual_ratio_{block}")
         if ratio.empty or residual.empty:
             continue
         rows.append(
@@ -187,13 +214,13 @@ def dominance(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("cell", sort=False).median().reset_index()
 
 
-def curves(history: Histories, finished: pd.DataFrame, key: str) -> pd.DataFrame:
+def curves(reader: RunReader, finished: pd.DataFrame, key: str) -> pd.DataFrame:
     """Long-format curves (cell, trial_key, step, value) of metric `key`; `{depth}` in the key is replaced by
     the block at the paper's depth (10 of 12) of each run."""
     parts = []
     for run in finished.itertuples(index=False):
         name = key.replace("{depth}", str(paper_depth(run.layers)))
-        series = history(run.run_id, name)
+        series = reader(run.run_id, name)
         parts.append(
             pd.DataFrame(
                 {"cell": run.cell, "trial_key": run.trial_key, "step": series.index, "value": series}
@@ -202,14 +229,14 @@ def curves(history: Histories, finished: pd.DataFrame, key: str) -> pd.DataFrame
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def write_plots(history: Histories, finished: pd.DataFrame, directory: Path, name: str) -> list[Path]:
+def write_plots(reader: RunReader, finished: pd.DataFrame, directory: Path, name: str) -> list[Path]:
     """Attention direction, MHSA/residual ratio (paper's depth) and the cross-attention lift on the initial
     frames over training, one line per run."""
     from sweep.plots import plot_curves  # matplotlib only when plots are asked for
 
     return [
         plot_curves(
-            curves(history, finished, "attention_direction"),
+            curves(reader, finished, "attention_direction"),
             directory / f"{name}_attention_direction.png",
             "value",
             f"{name}: cross-attention direction (+1 diagonal, -1 anti-diagonal)",
@@ -217,14 +244,14 @@ def write_plots(history: Histories, finished: pd.DataFrame, directory: Path, nam
             ylim=(-1.05, 1.05),
         ),
         plot_curves(
-            curves(history, finished, "mhsa_residual_ratio_{depth}"),
+            curves(reader, finished, "mhsa_residual_ratio_{depth}"),
             directory / f"{name}_mhsa_residual.png",
             "value",
             f"{name}: ||MHSA|| / ||residual|| at the paper's depth",
             "MHSA / residual",
         ),
         plot_curves(
-            curves(history, finished, "cross_initial_lift"),
+            curves(reader, finished, "cross_initial_lift"),
             directory / f"{name}_cross_initial_lift.png",
             "value",
             f"{name}: cross-attention on the initial frames, relative to uniform",
@@ -270,15 +297,15 @@ def undecided_evaluations(reason_codes: pd.Series) -> str:
     )
 
 
-def runs(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
+def runs(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
     """One row per finished run: label (reason), the step it settled from, its undecided evaluations by reason
     and its last readings (those of RUN_FIGURES the sweep recorded)."""
     rows = []
     for run in finished.itertuples(index=False):
         rows.append(
             {
-                "settled_from": settled_from(history(run.run_id, "label_code"), run.label),
-                "undecided_evaluations": undecided_evaluations(history(run.run_id, "reason_code")),
+                "settled_from": settled_from(reader(run.run_id, "label_code"), run.label),
+                "undecided_evaluations": undecided_evaluations(reader(run.run_id, "reason_code")),
             }
         )
     figures = [f for f in RUN_FIGURES if f in finished.columns]
@@ -289,23 +316,17 @@ def runs(history: Histories, finished: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame(rows), finished[figures].reset_index(drop=True)], axis=1)
 
 
-def fetch_attention_maps(client: MlflowClient, finished: pd.DataFrame, directory: Path, name: str) -> list:
+def fetch_attention_maps(reader: RunReader, finished: pd.DataFrame, directory: Path, name: str) -> list:
     """Each finished run's last cross-attention map, copied into `directory` as
     `<name>_<cell>_seed<seed>_attention.png` (not by trial key: keys repeat across pooled sweeps); returns
     (run, path) for the runs that have one."""
-    import shutil
-    import tempfile
-
     directory.mkdir(parents=True, exist_ok=True)
     fetched = []
     for run in finished.itertuples(index=False):
-        if ATTENTION_MAP not in {a.path for a in client.list_artifacts(run.run_id)}:
-            continue
         cell = re.sub(r"[^A-Za-z0-9._=-]+", "-", str(run.cell))
         target = directory / f"{name}_{cell}_seed{run.seed}_attention.png"
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(client.download_artifacts(run.run_id, ATTENTION_MAP, tmp), target)
-        fetched.append((run, target))
+        if reader.attention_map(run.run_id, target):
+            fetched.append((run, target))
     return fetched
 
 
@@ -407,12 +428,12 @@ def first_step_lines(finished: pd.DataFrame) -> list[str]:
     ]
 
 
-def dominance_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
+def dominance_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     """The paper's second step per cell: MHSA/FFN and MHSA/residual norm ratios at the paper's depth."""
     return [
         "### Self-attention dominance: MHSA/FFN and MHSA/residual norm ratios at the paper's depth (medians)",
         "",
-        _markdown(dominance(history, finished)),
+        _markdown(dominance(reader, finished)),
         "",
     ]
 
@@ -436,7 +457,7 @@ def reversed_lines(finished: pd.DataFrame) -> list[str]:
     return lines
 
 
-def mechanism_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
+def mechanism_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     """Per family of kinds, the flipping block's MHSA/FFN ratio before and after the flip, next to the runs
     that did not flip; constructed flips (controls) say nothing about the mechanism and are left out."""
     lines = []
@@ -444,7 +465,7 @@ def mechanism_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
         runs = finished[finished["kind"].isin(kinds)]
         who = FAMILY_TEXT[family]
         if (runs["label"] == "reversed").any():
-            ratios = mechanism(history, runs)
+            ratios = mechanism(reader, runs)
             summary = ratios.groupby("label")[["ratio_before", "ratio_after"]].median().reset_index()
             summary.insert(1, "runs", ratios.groupby("label").size().values)
             lines += [f"### Mechanism, {who} runs: MHSA/FFN norm ratio of the flipping block (medians)", ""]
@@ -454,9 +475,9 @@ def mechanism_lines(history: Histories, finished: pd.DataFrame) -> list[str]:
     return lines
 
 
-def runs_lines(history: Histories, finished: pd.DataFrame, tables: Path | None = None) -> list[str]:
+def runs_lines(reader: RunReader, finished: pd.DataFrame, tables: Path | None = None) -> list[str]:
     """Every finished run, one row each (written to `tables/runs.csv` too when given)."""
-    table = runs(history, finished)
+    table = runs(reader, finished)
     if tables is not None:
         tables.mkdir(parents=True, exist_ok=True)
         table.to_csv(tables / RUNS_TABLE, index=False)
@@ -477,11 +498,11 @@ def runs_lines(history: Histories, finished: pd.DataFrame, tables: Path | None =
     ]
 
 
-def plot_lines(history: Histories, finished: pd.DataFrame, plots: Path, record: SweepRecord) -> list[str]:
+def plot_lines(reader: RunReader, finished: pd.DataFrame, plots: Path, record: SweepRecord) -> list[str]:
     """Every run's curves drawn into `plots`, and each run's last cross-attention map fetched there, as
     Markdown images (a map's caption: cell, seed, label)."""
-    drawn = write_plots(history, finished, plots, record.space_names)
-    maps = fetch_attention_maps(history.client, finished, plots, record.space_names)
+    drawn = write_plots(reader, finished, plots, record.space_names)
+    maps = fetch_attention_maps(reader, finished, plots, record.space_names)
     lines = [f"![{p.stem}]({p.as_posix()})" for p in drawn]
     for run, path in maps:
         why = f" ({run.reason})" if isinstance(run.reason, str) and run.reason else ""
@@ -493,7 +514,7 @@ def closing_lines(record: SweepRecord, stats: IncidenceReport) -> list[str]:
     """The sweep's wall time and the statistics' notes."""
     lines = []
     if record.wall_seconds is not None:
-        pooled = f" ({len(record.parents)} sweeps, summed)" if len(record.parents) > 1 else ""
+        pooled = f" ({len(record.sources)} sweeps, summed)" if len(record.sources) > 1 else ""
         lines += [f"Sweep wall time: {record.wall_seconds:.0f} s{pooled}.", ""]
     if stats.notes:
         lines += ["Notes:", "", *(f"- {note}" for note in stats.notes), ""]
@@ -501,9 +522,10 @@ def closing_lines(record: SweepRecord, stats: IncidenceReport) -> list[str]:
 
 
 def report(
-    client: MlflowClient,
+    client: MlflowClient | None,
     experiment: str,
     sweep_ids: list[str] | None = None,
+    *,
     plots: Path | None = None,
     tables: Path | None = None,
 ) -> str:
@@ -516,16 +538,27 @@ def report(
         from sweep.outputs import write_incidence_files
 
         write_incidence_files(stats, tables, record.trials)
-    history = Histories(client)
-    finished = finished_runs(history, stats.trials)
+    reader = RunReader.of(client, record)
+    finished = finished_runs(reader, stats.trials)
+    if tables is not None:
+        write_kept(tables, record.sources, record.design, reader, finished)
     out = [f"## {record.name}", "", *design_lines(record), *incidence_lines(stats), *comparison_lines(stats)]
-    out += backward_lines(finished) + first_step_lines(finished) + dominance_lines(history, finished)
-    out += reversed_lines(finished) + mechanism_lines(history, finished)
-    out += runs_lines(history, finished, tables)
+    out += backward_lines(finished) + first_step_lines(finished) + dominance_lines(reader, finished)
+    out += reversed_lines(finished) + mechanism_lines(reader, finished)
+    out += runs_lines(reader, finished, tables)
     if plots is not None:
-        out += plot_lines(history, finished, plots, record)
-    out += closing_lines(record, stats)
+        out += plot_lines(reader, finished, plots, record)
+    out += closing_lines(record, stats) + kept_lines(reader)
     return "\n".join(out)
+
+
+def kept_lines(reader: RunReader) -> list[str]:
+    """Which kept folders had no curves (their runs' curve-read figures are missing above)."""
+    return [
+        f"({folder} was kept without curves: its runs' settling steps, undecided evaluations, dominance and "
+        "curves are not shown.)"
+        for folder in reader.kept.without_curves
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,18 +567,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep",
         action="append",
-        help="sweep id (default: the newest sweep in the experiment); repeat it to read sweeps as one study",
+        help="sweep id, or a folder a sweep was kept in with --tables (default: the newest sweep in the "
+        "experiment); repeat it to read sweeps as one study",
     )
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
     parser.add_argument("--out", help="also write the Markdown to this file")
     parser.add_argument("--plots", type=Path, help="draw curves of every run into this folder")
     parser.add_argument(
-        "--tables", type=Path, help="write the statistics (CSV, summary, plots) into this folder"
+        "--tables",
+        type=Path,
+        help="write the statistics (CSV, summary, plots) into this folder, and keep the sweep there: "
+        "--sweep FOLDER reads it again without MLflow",
     )
     args = parser.parse_args(argv)
-    client = MlflowClient(args.tracking_uri or default_tracking_uri())  # the driver's default store
+    from_mlflow = not args.sweep or not all(is_kept(sweep) for sweep in args.sweep)
+    # The driver's default store; none when every sweep is a kept folder (nothing is created then).
+    client = MlflowClient(args.tracking_uri or default_tracking_uri()) if from_mlflow else None
     try:
-        text = report(client, args.experiment, args.sweep, args.plots, args.tables)
+        text = report(client, args.experiment, args.sweep, plots=args.plots, tables=args.tables)
     except (LookupError, PoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

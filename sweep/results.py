@@ -7,7 +7,8 @@ whose outcome columns come from `TrialOutcome.from_mlflow`, i.e. exactly what ea
 `load_sweeps` reads several sweeps that continue one study (more seeds of its cells, or new cells beside them,
 e.g. a `base_from` space run later) as one record: a cell that several sweeps ran must have the same settings
 in each, a (cell, seed) may have an outcome in one sweep only, and a run a sweep left without an outcome is
-dropped where another sweep has that (cell, seed)'s outcome. Trial keys become `<sweep id>/<trial key>`.
+dropped where another sweep has that (cell, seed)'s outcome. Trial keys become `<sweep id>/<trial key>`. A
+sweep whose store is gone is read from the folder `sweep.report --tables` kept it in (`sweep.kept`).
 
 Trials frame columns: trial_key, cell, seed, status, run_id, then the outcome's row (label, kind, control,
 reason, steps (done), flip_block, time_to_flip, shifted, early_stopped, failure, one column per verdict
@@ -32,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweep.design import ARTIFACT, CellDesign, SweepDesign
+from sweep.kept import KeptError, SweepSource, is_kept, read_kept
 from sweep.stats import IncidenceReport, incidence_report
 from sweep.tracking import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, child_runs
 from trainers.outcome import ENDED_LABELS, TrialOutcome
@@ -127,21 +129,17 @@ def trials_frame(
 
 @dataclass
 class SweepRecord:
-    """A sweep as recorded in MLflow: its parent run, its design and its trials (several parents: sweeps
-    pooled by `load_sweeps`)."""
+    """A sweep as recorded: where it was read from (MLflow or a kept folder, `sweep.kept`), its design and its
+    trials (several sources: sweeps pooled by `load_sweeps`)."""
 
-    parents: list[Run]
+    sources: list[SweepSource]
     design: SweepDesign
     trials: pd.DataFrame
 
     @property
-    def parent(self) -> Run:
-        return self.parents[0]
-
-    @property
     def run_names(self) -> list[str]:
-        """The parent runs' names, `<space name>-<date>-<time>` (the sweep ids)."""
-        return [p.data.tags.get("mlflow.runName", p.info.run_id) for p in self.parents]
+        """The sweep ids, `<space name>-<date>-<time>` (the parent runs' names)."""
+        return [source.name for source in self.sources]
 
     @property
     def name(self) -> str:
@@ -155,8 +153,13 @@ class SweepRecord:
     @property
     def wall_seconds(self) -> float | None:
         """The sweeps' wall time, summed (None if one of them did not record it)."""
-        walls = [p.data.metrics.get("sweep/wall_seconds") for p in self.parents]
+        walls = [source.wall_seconds for source in self.sources]
         return None if None in walls else float(sum(walls))
+
+    @property
+    def kept_folders(self) -> list[Path]:
+        """The kept folders the record was read from, once each."""
+        return list(dict.fromkeys(s.folder for s in self.sources if s.folder is not None))
 
     def incidence(self) -> IncidenceReport:
         """The incidence report over the design's factors against the design's baseline."""
@@ -182,23 +185,60 @@ def load_sweep(
     else:
         raise ValueError("load_sweep needs an experiment name or a parent run id")
     design = read_design(client, parent)
-    return SweepRecord([parent], design, trials_frame(client, parent, design.factors, design.kinds))
+    return SweepRecord([_source(parent)], design, trials_frame(client, parent, design.factors, design.kinds))
+
+
+def _source(parent: Run) -> SweepSource:
+    """A parent run as a record's source: its name (the sweep id) and the wall time it recorded."""
+    name = parent.data.tags.get("mlflow.runName", parent.info.run_id)
+    return SweepSource(name, parent.data.metrics.get("sweep/wall_seconds"))
 
 
 class PoolError(ValueError):
     """Sweeps that cannot be read as one study (the message says which cell, seed or setting)."""
 
 
-def load_sweeps(client: MlflowClient, experiment: str, sweep_ids: list[str]) -> SweepRecord:
-    """Several sweeps of one experiment read as one study (see the module docstring); one id: `load_sweep`."""
-    if len(sweep_ids) < 2:
-        return load_sweep(client, experiment, sweep_ids[0] if sweep_ids else None)
-    parents = [find_parent(client, experiment, sweep_id) for sweep_id in sweep_ids]
-    designs = [read_design(client, parent) for parent in parents]
-    design = pool_designs(designs)
-    # Each sweep's trials read with the pooled factors: a child run's params hold its whole trial config.
-    frames = [trials_frame(client, parent, design.factors, design.kinds) for parent in parents]
-    return SweepRecord(parents, design, pool_trials(frames, [d.sweep_id for d in designs]))
+def load_sweeps(client: MlflowClient | None, experiment: str, sweep_ids: list[str]) -> SweepRecord:
+    """Several sweeps read as one study (see the module docstring). Each id names a sweep of the experiment in
+    MLflow or a folder it was kept in (`sweep.kept`, read without MLflow); no id: the newest sweep."""
+    parts = [_SweepPart.read(client, experiment, sweep_id) for sweep_id in sweep_ids or [None]]
+    design = pool_designs([part.design for part in parts]) if len(parts) > 1 else parts[0].design
+    # Each sweep's trials read with the pooled factors: a child run's params hold its whole trial config; a
+    # kept sweep has the columns of its own design's factors.
+    frames = [part.trials(client, design) for part in parts]
+    sources = [source for part in parts for source in part.sources]
+    trials = pool_trials(frames, [part.design.sweep_id for part in parts]) if len(parts) > 1 else frames[0]
+    return SweepRecord(sources, design, trials)
+
+
+@dataclass
+class _SweepPart:
+    """One `--sweep` of a study: a parent run in MLflow, or a kept folder."""
+
+    sources: list[SweepSource]
+    design: SweepDesign
+    parent: Run | None = None
+    kept: pd.DataFrame | None = None
+
+    @classmethod
+    def read(cls, client: MlflowClient | None, experiment: str, sweep_id: str | None) -> _SweepPart:
+        if sweep_id is not None and is_kept(sweep_id):
+            try:
+                kept = read_kept(sweep_id)
+            except KeptError as exc:
+                raise PoolError(str(exc)) from exc
+            return cls(kept.sources, kept.design, kept=kept.trials)
+        if client is None:
+            raise PoolError(f"{sweep_id} is not a folder, and no MLflow store was given to find it in")
+        parent = find_parent(client, experiment, sweep_id)
+        return cls([_source(parent)], read_design(client, parent), parent=parent)
+
+    def trials(self, client: MlflowClient | None, design: SweepDesign) -> pd.DataFrame:
+        """This sweep's trials frame with a column for every factor of the (pooled) `design`."""
+        if self.kept is not None:
+            missing = [f for f in design.factors if f not in self.kept.columns]
+            return self.kept.reindex(columns=[*self.kept.columns, *missing])
+        return trials_frame(client, self.parent, design.factors, design.kinds)
 
 
 def pool_designs(designs: list[SweepDesign]) -> SweepDesign:

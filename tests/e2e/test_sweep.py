@@ -283,6 +283,41 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     assert len(images) >= 5  # the four incidence plots and the attention-direction curves, saved in the file
 
 
+def test_a_kept_sweep_reads_back_without_mlflow_as_it_read_from_mlflow(two_trial_sweep, tmp_path):
+    # A later checkout may not keep mlflow.db: the folder `--tables` wrote is then the sweep.
+    store, _ = two_trial_sweep
+    kept = tmp_path / "kept"
+    from_mlflow = run_report(store, "--tables", str(kept), "--plots", str(tmp_path / "img"))
+    assert from_mlflow.returncode == 0, from_mlflow.stderr[-2000:]
+    curves = pd.read_csv(kept / "curves.csv")
+    assert {"label_code", "reason_code", "attention_direction", "mhsa_ffn_ratio_2"} <= set(curves["key"])
+    assert len(list((kept / "maps").glob("*.png"))) == 2
+
+    gone = tmp_path / "gone.db"
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.report",
+        "--tracking-uri",
+        f"sqlite:///{gone}",
+        "--sweep",
+        str(kept),
+    ]
+    command += ["--plots", str(tmp_path / "img-kept"), "--tables", str(tmp_path / "kept-again")]
+    from_folder = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert from_folder.returncode == 0, from_folder.stderr[-2000:]
+    assert not gone.exists()  # no store was opened, let alone created
+    assert from_folder.stdout.replace("img-kept", "img") == from_mlflow.stdout  # line for line
+    for name in ("design.json", "sweep.json", TRIALS, "curves.csv", "params.csv", "runs.csv", *TABLES):
+        assert (tmp_path / "kept-again" / name).read_text() == (kept / name).read_text(), name
+    for image in (tmp_path / "img").glob("*_attention.png"):
+        assert (tmp_path / "img-kept" / image.name).read_bytes() == image.read_bytes()
+
+    (kept / "design.json").unlink()  # not a kept sweep any more: one line naming the folder and the file
+    broken = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert broken.returncode == 2 and f"{kept} is not a kept sweep: it has no design.json" in broken.stderr
+
+
 def test_report_names_a_missing_experiment(two_trial_sweep, capsys):
     from sweep.report import main
 
@@ -328,6 +363,12 @@ def test_report_reads_a_study_continued_by_another_sweep_as_one(two_trial_sweep,
     assert {key.split("/")[0] for key in trials["trial_key"]} == set(ids)
     assert f"baseline cell: `{BASELINE}` (declared)" in pooled.stdout  # the first sweep's declaration
     assert "(2 sweeps, summed)" in pooled.stdout
+    # The second sweep kept as a folder (its store gone) pools with the first as it did from MLflow.
+    kept = run_report(tmp_path, "--sweep", ids[1], "--tables", str(tmp_path / "kept"))
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    mixed = run_report(tmp_path, "--sweep", ids[0], "--sweep", str(tmp_path / "kept"))
+    assert mixed.returncode == 0, mixed.stderr[-2000:]
+    assert mixed.stdout == read(*ids).stdout
     twice = read(ids[0], ids[0])  # the same outcomes twice are not a study: one line, exit 2
     assert twice.returncode == 2 and "has an outcome in sweeps" in twice.stderr
 

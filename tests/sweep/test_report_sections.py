@@ -9,6 +9,7 @@ import pandas as pd
 
 from sweep import report
 from sweep.design import CellDesign, SweepDesign
+from sweep.kept import KeptRuns
 from sweep.results import SweepRecord
 from tests.sweep.test_kinds import KINDS, hand_made
 
@@ -20,6 +21,8 @@ FIGURES |= {"reversed_encoder_evaluations": 0}
 
 class Curves:
     """The one curve a report section reads from MLflow for runs that did not flip, constant at 1.5."""
+
+    kept = KeptRuns()
 
     def __call__(self, run_id: str, key: str) -> pd.Series:
         return pd.Series({50: 1.5, 100: 1.5}, dtype=float)
@@ -90,7 +93,7 @@ def test_the_reversed_and_mechanism_sections_keep_families_apart():
 
 def test_the_report_is_its_sections_in_order(monkeypatch):
     monkeypatch.setattr(report, "load_sweeps", lambda client, experiment, ids: record())
-    monkeypatch.setattr(report, "Histories", lambda client: Curves())
+    monkeypatch.setattr(report.RunReader, "of", classmethod(lambda cls, client, record: Curves()))
     monkeypatch.setattr(report, "finished_runs", lambda history, trials: finished(record().incidence()))
     text = report.report(client=None, experiment="kinds")
     headings = [line for line in text.splitlines() if line.startswith("#")]
