@@ -148,15 +148,21 @@ def test_c6s_mitigation_cells_pool_with_its_baseline_sweeps():
     [
         (("c1_long", "c1_long_seeds_4_7"), "long"),
         (("c4_schedule", "c4_schedule_seeds_2_3"), "whole-schedule"),
+        (("speech_rendered_seeds_0_3", "speech_rendered_seeds_4_5", "speech_rendered_seeds_6_7"), "baseline"),
+        (("speech_long", "speech_long_seeds_2_3"), "long"),
     ],
-    ids=["c1", "c4"],
+    ids=["c1", "c4", "speech-rendered", "speech-long"],
 )
 def test_a_studys_missing_seeds_pool_with_it(spaces, baseline):
-    """A study's missing seeds run as a file of their own (`base_from` the study, `replicates: [...]`): its
-    cell must be the study's cell, setting for setting, and its seeds the study's, so that the two sweeps
-    read as one study."""
+    """A study's missing seeds run as a file of their own (`base_from` the study, `replicates: [...]`), or the
+    study runs in parts from the start: each part's cell must be the study's cell, setting for setting, and
+    the seeds the study's (each once), so that the sweeps read as one study."""
     studies = ROOT / "search_spaces" / "studies"
-    whole, part = (SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces)
-    pooled = pool_designs([whole, part])
+    whole, *parts = (SweepDesign.from_space(load_space(studies / f"{name}.yaml"), name) for name in spaces)
+    pooled = pool_designs([whole, *parts])
     assert pooled.cells == whole.cells and pooled.baseline == baseline and pooled.factors == whole.factors
-    assert pooled.seeds == whole.seeds and set(part.seeds) < set(whole.seeds)
+    if all(set(part.seeds) < set(whole.seeds) for part in parts):  # the study's file names every seed
+        assert pooled.seeds == whole.seeds
+    else:  # the study runs in parts, no seed twice: together they are seeds 0 .. n-1
+        seeds = [seed for design in (whole, *parts) for seed in design.seeds]
+        assert len(seeds) == len(set(seeds)) and pooled.seeds == list(range(len(seeds)))
