@@ -35,11 +35,12 @@ CURVES_FILE = "curves.csv"
 PARAMS_FILE = "params.csv"
 MAPS = "maps"
 # The curves the report reads of a run: its label and undecided reason at each evaluation, the plotted
-# readings, and each block's MHSA/FFN and MHSA/residual norm ratios (the flipping block and the paper's depth
-# are chosen when the report is read, so every block is kept).
-CURVES = ("label_code", "reason_code", "attention_direction", "cross_initial_lift")
-BLOCK_CURVES = ("mhsa_ffn_ratio_{block}", "mhsa_residual_ratio_{block}")
-PARAMS = ("model.layers", "detector.min_direction")
+# readings, the sink's, and per block the MHSA/FFN and MHSA/residual norm ratios, the initial frames'
+# self-attention reach and the gradient map's direction (G_0 the input; the flipping block and the paper's
+# depth are chosen when the report is read, so every block is kept).
+CURVES = ("label_code", "reason_code", "attention_direction", "cross_initial_lift", "outside_sink_direction")
+BLOCK_CURVES = ("mhsa_ffn_ratio_{block}", "mhsa_residual_ratio_{block}", "self_initial_reach_{block}")
+PARAMS = ("model.layers", "detector.min_direction", "detector.sink_lift")
 
 
 class KeptError(ValueError):
@@ -54,7 +55,8 @@ def is_kept(sweep: str) -> bool:
 def curve_keys(layers: int) -> list[str]:
     """Every curve kept of a run with `layers` blocks."""
     blocks = range(1, layers + 1)
-    return list(CURVES) + [key.format(block=b) for key in BLOCK_CURVES for b in blocks]
+    maps = [f"block_direction_{b}" for b in range(layers + 1)]
+    return list(CURVES) + [key.format(block=b) for key in BLOCK_CURVES for b in blocks] + maps
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ driver recorded on the parent run, so the numbers are the driver's own. Several 
 * **Backward phase** per cell: runs whose cross-attention read reversed (direction <= -min_direction) at some
   evaluation, whatever their final label, how many evaluations and between which steps; and runs whose
   attention, G_0 and last block all read as a flip at some evaluation (the near misses of a `reversed` label).
+* **The start-edge sink** per run: when the cross-attention's lift on the initial frames first reached
+  `detector.sink_lift`, for how many evaluations, its last and highest lift, the direction outside it, the
+  gradient maps' directions at the end and the initial frames' self-attention reach, and what became of it
+  (`SINK_FATES`: the paper's picture, none, gone, stays).
 * **Dominance** per cell: the MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of
   12), first, largest and last reading (from the curves).
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last
@@ -53,6 +57,7 @@ from trainers.detector.verdict import LABEL_CODES, LABELS, REASON_CODES, UNDECID
 
 # The detector's own default, for runs that did not log the key.
 DEFAULT_MIN_DIRECTION = DetectorConfig.model_fields["min_direction"].default
+DEFAULT_SINK_LIFT = DetectorConfig.model_fields["sink_lift"].default
 
 
 class RunReader:
@@ -157,6 +162,61 @@ def first_step(finished: pd.DataFrame) -> pd.DataFrame:
         highest_self_initial_reach=("max_self_initial_reach", "max"),
         median_backward_fraction=("max_backward_fraction", "median"),
     )
+
+
+# What became of a run's start-edge sink by its last evaluation, checked in this order.
+SINK_FATES = {
+    "paper": "G_0 forwards and the last block backwards (the paper's picture), whatever the sink",
+    "none": "no evaluation's cross-attention lift on the initial frames reached detector.sink_lift",
+    "gone": "a sink formed, and the last evaluation's lift is under sink_lift",
+    "stays": "the last evaluation's lift is still at or over sink_lift",
+}
+
+
+def sink_fate(lift: pd.Series, sink_lift: float, g0: float, last_block: float, min_direction: float) -> str:
+    """A run's sink fate (SINK_FATES) from its lift curve and its last gradient-map directions."""
+    if g0 >= min_direction and last_block <= -min_direction:
+        return "paper"
+    if lift.empty or lift.max() < sink_lift:
+        return "none"
+    return "gone" if lift.iloc[-1] < sink_lift else "stays"
+
+
+def sinks(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
+    """Per finished run, the start-edge sink over training: from which evaluation the mean cross-attention
+    lift on the initial frames reached `detector.sink_lift`, at how many, its last and highest lift, the
+    attention's direction outside it at the end, each gradient map's direction at the end (G_0 the input,
+    G_l block l), the initial frames' highest self-attention reach (and its block), and its fate."""
+    rows = []
+    for run in finished.itertuples(index=False):
+        lift = reader(run.run_id, "cross_initial_lift")
+        if lift.empty:
+            continue
+        sink_lift = reader.param(run.run_id, "detector.sink_lift", DEFAULT_SINK_LIFT)
+        sunk = lift[lift >= sink_lift]
+        blocks = [reader(run.run_id, f"block_direction_{b}") for b in range(run.layers + 1)]
+        ends = [_at(curve, math.inf) for curve in blocks]
+        reach = {b: reader(run.run_id, f"self_initial_reach_{b}").max() for b in range(1, run.layers + 1)}
+        widest = max(reach, key=lambda b: -math.inf if math.isnan(reach[b]) else reach[b], default=None)
+        rows.append(
+            {
+                "trial_key": run.trial_key,
+                "cell": run.cell,
+                "seed": run.seed,
+                "label": run.label,
+                "sink_from": float(sunk.index.min()) if len(sunk) else math.nan,
+                "sink_evaluations": len(sunk),
+                "evaluations": len(lift),
+                "lift_end": float(lift.iloc[-1]),
+                "lift_max": float(lift.max()),
+                "outside_sink_end": _at(reader(run.run_id, "outside_sink_direction"), math.inf),
+                "gradient_maps_end": " ".join(f"{d:+.2f}" for d in ends),
+                "reach_max": reach.get(widest, math.nan),
+                "reach_block": widest,
+                "fate": sink_fate(lift, sink_lift, ends[0], ends[-1], run.min_direction),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def mechanism(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
@@ -428,6 +488,30 @@ def first_step_lines(finished: pd.DataFrame) -> list[str]:
     ]
 
 
+def sink_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
+    """The start-edge sink of each run over training, and what became of it (none for runs without curves)."""
+    table = sinks(reader, finished)
+    if table.empty:
+        return []
+    fates = table["fate"].value_counts()
+    counts = ", ".join(f"{fate} {int(fates[fate])}" for fate in SINK_FATES if fate in fates.index)
+    rules = "; ".join(f"`{fate}`: {rule}" for fate, rule in SINK_FATES.items())
+    return [
+        "### The start-edge sink over training, and what became of it",
+        "",
+        "`sink_from`: the first evaluation whose mean cross-attention lift on the initial frames reached "
+        "`detector.sink_lift`; `sink_evaluations` of `evaluations` did. `outside_sink_end`: the attention's "
+        "direction outside the sink at the end; `gradient_maps_end`: G_0 (the input) to the last block; "
+        "`reach_max`: the initial frames' highest self-attention mass on the far half (0.5 uniform) and "
+        f"its block. Fates, checked in this order: {rules}.",
+        "",
+        _markdown(table),
+        "",
+        f"Fates: {counts}.",
+        "",
+    ]
+
+
 def dominance_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     """The paper's second step per cell: MHSA/FFN and MHSA/residual norm ratios at the paper's depth."""
     return [
@@ -543,7 +627,8 @@ def report(
     if tables is not None:
         write_kept(tables, record.sources, record.design, reader, finished)
     out = [f"## {record.name}", "", *design_lines(record), *incidence_lines(stats), *comparison_lines(stats)]
-    out += backward_lines(finished) + first_step_lines(finished) + dominance_lines(reader, finished)
+    out += backward_lines(finished) + first_step_lines(finished) + sink_lines(reader, finished)
+    out += dominance_lines(reader, finished)
     out += reversed_lines(finished) + mechanism_lines(reader, finished)
     out += runs_lines(reader, finished, tables)
     if plots is not None:

@@ -283,7 +283,9 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     assert len(images) >= 5  # the four incidence plots and the attention-direction curves, saved in the file
 
 
-def test_a_kept_sweep_reads_back_without_mlflow_as_it_read_from_mlflow(two_trial_sweep, tmp_path):
+def test_a_kept_sweep_reads_back_without_mlflow_as_it_read_from_mlflow(
+    two_trial_sweep, tmp_path, monkeypatch
+):
     # A later checkout may not keep mlflow.db: the folder `--tables` wrote is then the sweep.
     store, _ = two_trial_sweep
     kept = tmp_path / "kept"
@@ -312,6 +314,14 @@ def test_a_kept_sweep_reads_back_without_mlflow_as_it_read_from_mlflow(two_trial
         assert (tmp_path / "kept-again" / name).read_text() == (kept / name).read_text(), name
     for image in (tmp_path / "img").glob("*_attention.png"):
         assert (tmp_path / "img-kept" / image.name).read_bytes() == image.read_bytes()
+
+    # The notebook reads the folder too: the same statistics, and the curves from curves.csv.
+    monkeypatch.setenv("FLIPSWEEP_SWEEP_ID", str(kept))
+    notebook, from_notebook = notebook_statistics(tmp_path, monkeypatch, "analysis_kept.ipynb")
+    assert_same_statistics(kept, from_notebook)
+    assert not (tmp_path / "mlflow.db").exists()
+    errors = [o for o in outputs(notebook) if o.output_type == "error"]
+    assert not errors and len([o for o in outputs(notebook) if "image/png" in o.get("data", {})]) >= 5
 
     (kept / "design.json").unlink()  # not a kept sweep any more: one line naming the folder and the file
     broken = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)

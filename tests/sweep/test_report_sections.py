@@ -27,6 +27,9 @@ class Curves:
     def __call__(self, run_id: str, key: str) -> pd.Series:
         return pd.Series({50: 1.5, 100: 1.5}, dtype=float)
 
+    def param(self, run_id: str, key: str, default: float) -> float:
+        return default
+
 
 def record() -> SweepRecord:
     cells = [
@@ -138,3 +141,46 @@ def test_the_runs_section_has_a_row_per_finished_run_and_writes_its_table(tmp_pa
     assert {"g0_direction", "encoder_direction", "min_attention_direction"} <= set(table.columns)
     rows = [line for line in text.splitlines() if line.startswith("| t") and "trial_key" not in line]
     assert len(rows) == len(runs)
+
+
+def test_a_sinks_fate_is_the_papers_picture_first_then_none_gone_or_stays():
+    lift = pd.Series({50: 1.0, 100: 5.0, 150: 4.0}, dtype=float)
+    assert report.sink_fate(lift, 3.0, 0.9, -0.9, 0.5) == "paper"  # G_0 forwards, last block backwards
+    assert report.sink_fate(lift, 3.0, 0.9, 0.9, 0.5) == "stays"
+    assert report.sink_fate(lift.replace(4.0, 2.0), 3.0, 0.9, 0.9, 0.5) == "gone"
+    assert report.sink_fate(lift.clip(upper=2.9), 3.0, 0.9, 0.9, 0.5) == "none"
+    assert report.sink_fate(lift, 3.0, 0.4, -0.9, 0.5) == "stays"  # G_0 not forwards enough: not the paper's
+    assert list(report.SINK_FATES) == ["paper", "none", "gone", "stays"]  # the order they are checked in
+
+
+class SinkCurves:
+    """Two-block runs whose sink forms at step 100 and stays; block 2's self-attention reaches furthest."""
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        curves = {
+            "cross_initial_lift": {50: 1.0, 100: 4.0, 150: 6.0, 200: 5.0},
+            "outside_sink_direction": {50: 0.1, 200: 0.8},
+            "block_direction_0": {200: 0.9},
+            "block_direction_1": {200: 0.7},
+            "block_direction_2": {200: -0.2},
+            "self_initial_reach_1": {50: 0.5, 200: 0.55},
+            "self_initial_reach_2": {50: 0.5, 200: 0.81},
+        }
+        return pd.Series(curves.get(key, {}), dtype=float)
+
+    def param(self, run_id: str, key: str, default: float) -> float:
+        return default
+
+
+def test_the_sink_section_reads_when_a_sink_formed_how_it_ended_and_where_the_reach_is():
+    runs = finished(record().incidence())
+    table = report.sinks(SinkCurves(), runs)
+    assert len(table) == len(runs) and table["trial_key"].tolist() == runs["trial_key"].tolist()
+    first = table.iloc[0]
+    assert (first["sink_from"], first["sink_evaluations"], first["evaluations"]) == (100, 3, 4)
+    assert (first["lift_end"], first["lift_max"], first["outside_sink_end"]) == (5.0, 6.0, 0.8)
+    assert first["gradient_maps_end"] == "+0.90 +0.70 -0.20"
+    assert (first["reach_max"], first["reach_block"], first["fate"]) == (0.81, 2, "stays")
+    text = "\n".join(report.sink_lines(SinkCurves(), runs))
+    assert "### The start-edge sink over training" in text and f"Fates: stays {len(runs)}." in text
+    assert report.sink_lines(LabelCurves(), runs[:0]) == []  # no runs, no section
