@@ -34,8 +34,10 @@ from mlflow.tracking import MlflowClient
 
 from sweep.design import ARTIFACT, CellDesign, SweepDesign
 from sweep.kept import KeptError, SweepSource, is_kept, read_kept
+from sweep.registry import get_trainer
 from sweep.stats import IncidenceReport, incidence_report
 from sweep.tracking import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, child_runs
+from trainers.config import ConfigError, flatten
 from trainers.outcome import ENDED_LABELS, TrialOutcome
 from trainers.reported import VERDICT_FIGURES
 
@@ -43,6 +45,12 @@ IDENTITY = ["trial_key", "cell", "seed", "status", "run_id"]
 OUTCOME = ["label", "kind", "control", "reason", "steps", "flip_block", "time_to_flip", "shifted"]
 OUTCOME += ["early_stopped", "failure"]
 COLUMNS = IDENTITY + OUTCOME + list(VERDICT_FIGURES)
+
+
+def _factor_value(param: str | None) -> Any:
+    """A factor's value in a trials frame, from the run's param (lists and dicts as their text)."""
+    value = _value(param)
+    return str(value) if isinstance(value, list | dict) else value
 
 
 def _value(text: str | None) -> Any:
@@ -117,8 +125,7 @@ def trials_frame(
             **outcome.row(),
         }
         for factor in factors:
-            value = _value(params.get(factor))
-            row[factor] = str(value) if isinstance(value, list | dict) else value
+            row[factor] = _factor_value(params.get(factor))
         rows.append(row)
     extra = sorted({key for row in rows for key in row} - set(COLUMNS) - set(factors))  # undeclared figures
     frame = pd.DataFrame(rows, columns=COLUMNS + extra + [f for f in factors if f not in COLUMNS])
@@ -234,11 +241,33 @@ class _SweepPart:
         return cls([_source(parent)], read_design(client, parent), parent=parent)
 
     def trials(self, client: MlflowClient | None, design: SweepDesign) -> pd.DataFrame:
-        """This sweep's trials frame with a column for every factor of the (pooled) `design`."""
-        if self.kept is not None:
-            missing = [f for f in design.factors if f not in self.kept.columns]
-            return self.kept.reindex(columns=[*self.kept.columns, *missing])
-        return trials_frame(client, self.parent, design.factors, design.kinds)
+        """This sweep's trials frame with a column for every factor of the (pooled) `design`: from MLflow, its
+        runs' params; from a kept folder, a factor its own design did not vary is read off its cells."""
+        if self.kept is None:
+            return trials_frame(client, self.parent, design.factors, design.kinds)
+        trials = self.kept.copy()
+        missing = [f for f in design.factors if f not in trials.columns]
+        if missing:
+            values = {
+                cell.name: cell_factor_values(self.design.trainer, cell, missing)
+                for cell in self.design.cells
+            }
+            for factor in missing:
+                trials[factor] = [values.get(cell, {}).get(factor) for cell in trials["cell"]]
+        return trials
+
+
+def cell_factor_values(trainer: str, cell: CellDesign, factors: list[str]) -> dict[str, Any]:
+    """A cell's values of `factors` as `trials_frame` reads them from its trials' params: the trial config
+    built from the cell's settings, flattened, written as strings and parsed back (None if it cannot be
+    built)."""
+    spec = get_trainer(trainer)
+    settings = {spec.renamed_keys.get(key, key): value for key, value in cell.settings.items()}
+    try:
+        config = flatten(spec.build_config(settings))
+    except ConfigError:
+        return {}
+    return {factor: _factor_value(str(config[factor]) if factor in config else None) for factor in factors}
 
 
 def pool_designs(designs: list[SweepDesign]) -> SweepDesign:

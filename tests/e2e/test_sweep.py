@@ -343,12 +343,14 @@ def test_report_reads_a_study_continued_by_another_sweep_as_one(two_trial_sweep,
     first, _ = two_trial_sweep
     shutil.copy(first / "mlflow.db", tmp_path / "mlflow.db")
     shutil.copy(first / "tiny.yaml", tmp_path / "tiny.yaml")
+    # Its one cell written as a cell, not a factor level: its own design varies nothing (no factors).
     more = write_space(
         tmp_path / "more.yaml",
         name="more",
         base={"model.layers": 2},
         base_from="tiny.yaml",
-        factors={"model.ffn_scale": [1.0]},
+        factors=None,
+        cells=[{"name": BASELINE, "model.ffn_scale": 1.0}],
         replicates=[1],
     )
     done = sweep(tmp_path, more)
@@ -373,7 +375,8 @@ def test_report_reads_a_study_continued_by_another_sweep_as_one(two_trial_sweep,
     assert {key.split("/")[0] for key in trials["trial_key"]} == set(ids)
     assert f"baseline cell: `{BASELINE}` (declared)" in pooled.stdout  # the first sweep's declaration
     assert "(2 sweeps, summed)" in pooled.stdout
-    # The second sweep kept as a folder (its store gone) pools with the first as it did from MLflow.
+    # The second sweep kept as a folder (its store gone) pools with the first as it did from MLflow: the
+    # factor its own design lacks is read off its cell, as MLflow's params gave it.
     kept = run_report(tmp_path, "--sweep", ids[1], "--tables", str(tmp_path / "kept"))
     assert kept.returncode == 0, kept.stderr[-2000:]
     mixed = run_report(tmp_path, "--sweep", ids[0], "--sweep", str(tmp_path / "kept"))
