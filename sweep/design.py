@@ -124,7 +124,9 @@ class SweepDesign(BaseModel):
         ]
         first = family_baselines(((cell.name, cell.kind) for cell in cells), None)
         default = first.get("natural", first.get("induced")) if space.search == "grid" else None
-        baseline = space.baseline or default
+        # A declared baseline left out by --cells is another part's: this part compares with its default.
+        declared = space.baseline if space.baseline in {cell.name for cell in cells} else None
+        baseline = declared or default
         return cls(
             sweep_id=sweep_id,
             space=space.name,
@@ -134,7 +136,7 @@ class SweepDesign(BaseModel):
             levels=dict(space.factors),
             cells=cells,
             baseline=baseline,
-            baseline_declared=space.baseline is not None,
+            baseline_declared=declared is not None,
             seeds=list(space.seeds),
             samples=space.samples,
             ranges={key: spec.model_dump(exclude_defaults=True) for key, spec in space.ranges.items()},

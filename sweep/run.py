@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from sweep.exit_codes import Exit, help_text
-from sweep.space import SpaceError, load_space, trial_specs, trial_table
+from sweep.space import SpaceError, load_space, select_cells, trial_specs, trial_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +35,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", default="flipsweep_results", help="folder for Ray results and state")
     parser.add_argument("--yes", action="store_true", help="confirm a sweep larger than max_trials")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    parser.add_argument(
+        "--cells",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        metavar="NAME[,NAME...]",
+        help="run only these grid cells (a study a few cells at a time; read the parts as one with "
+        "sweep.report --sweep A --sweep B)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         space = load_space(args.space, confirm=args.yes)
+        if args.cells:
+            space = select_cells(space, args.cells)
     except SpaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return Exit.BAD_INPUT

@@ -13,13 +13,23 @@ expands a validated space into trials.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from sweep.space import checks
 from sweep.space.configs import Cell, SpaceFile, TrialSpec, base_layer, build, grid_cells
-from sweep.space.schema import CellEntry, MlflowSettings, Objective, Range, Resources, Space, schema_error
+from sweep.space.schema import (
+    CellEntry,
+    MlflowSettings,
+    Objective,
+    Range,
+    Resources,
+    Space,
+    schema_error,
+    suggest,
+)
 from sweep.space.source import Document, SpaceError, parse, read_text
 from sweep.space.trials import base_overrides, expand, factor_names, sample_random, trial_specs, trial_table
 from trainers.config import flatten
@@ -40,6 +50,7 @@ __all__ = [
     "factor_names",
     "load_space",
     "sample_random",
+    "select_cells",
     "trial_specs",
     "trial_table",
 ]
@@ -52,6 +63,23 @@ def load_space(path: str | Path, confirm: bool = False) -> SpaceFile:
     `confirm` lets through a sweep larger than `max_trials` (the CLI's --yes).
     """
     return _load(Path(path), confirm, ())
+
+
+def select_cells(space: SpaceFile, names: list[str]) -> SpaceFile:
+    """The space narrowed to the grid cells `names` (the CLI's --cells), their file order and trial keys
+    kept: a study too long for one sitting runs a few cells at a time, each part a sweep of its own, and
+    `sweep.report --sweep A --sweep B` reads the parts as one study. SpaceError naming an unknown cell."""
+    if space.model.search != "grid":
+        raise SpaceError(
+            f"selects grid cells; this is a {space.model.search} search", "--cells", None, str(space.path)
+        )
+    known = [cell.name for cell in space.grid_cells]
+    for name in names:
+        if name not in known:
+            listed = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            hint = suggest(name, known) or f" (cells: {listed})"
+            raise SpaceError(f"no cell named {name!r}" + hint, "--cells", None, str(space.path))
+    return dataclasses.replace(space, grid_cells=[cell for cell in space.grid_cells if cell.name in names])
 
 
 def _validate(doc: Document, data: dict) -> Space:

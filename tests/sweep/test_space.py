@@ -449,3 +449,37 @@ ranges:
 
     param_space, _ = tuner_parts(space, [], "hunt-speech-1", f"sqlite:///{tmp_path / 'optuna.db'}")
     assert param_space["spec"]["overrides"] == base
+
+
+# -- a study a few cells at a time (--cells) ----------------------------------------------------------------
+def test_selected_cells_keep_their_trial_keys_and_their_parts_pool_to_the_whole_design():
+    from sweep.design import SweepDesign
+    from sweep.results import pool_designs
+    from sweep.space import select_cells, trial_specs
+
+    whole = load_space(ROOT / "search_spaces" / "mitigations.yaml")  # a declared baseline: `baseline`
+    names = [cell.name for cell in whole.grid_cells]
+    first, rest = [names[1]], [names[0], *names[2:]]  # the part without the baseline first
+    parts = [select_cells(whole, part) for part in (first, rest)]
+    full_keys = {(s.trial_key, s.cell, s.seed) for s in trial_specs(whole)}
+    part_keys = [{(s.trial_key, s.cell, s.seed) for s in trial_specs(part)} for part in parts]
+    assert part_keys[0] | part_keys[1] == full_keys and not part_keys[0] & part_keys[1]
+    assert [c.name for c in parts[1].grid_cells] == rest  # file order
+    designs = [SweepDesign.from_space(part, f"part{i}") for i, part in enumerate(parts)]
+    assert designs[0].baseline == names[1] and not designs[0].baseline_declared  # its own default
+    assert (designs[1].baseline, designs[1].baseline_declared) == (whole.baseline, True)
+    pooled, design = pool_designs(designs), SweepDesign.from_space(whole, "whole")
+    assert {c.name: c for c in pooled.cells} == {c.name: c for c in design.cells}
+    assert (pooled.baseline, pooled.baseline_declared, pooled.seeds) == (design.baseline, True, design.seeds)
+
+
+def test_an_unknown_selected_cell_is_refused_in_one_line_naming_it(capsys):
+    from sweep.run import main
+
+    space = ROOT / "search_spaces" / "mitigations.yaml"
+    assert main([str(space), "--cells", "baseline,ctc-au", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {space}: --cells: no cell named 'ctc-au' (did you mean 'ctc-aux'?)"
+    assert main([str(space), "--cells", "ctc-aux", "--dry-run"]) == 0
+    table = capsys.readouterr().out
+    assert "ctc-aux" in table and "baseline " not in table and "in 1 cells" in table
