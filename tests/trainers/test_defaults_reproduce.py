@@ -93,6 +93,28 @@ def test_old_code_paths_train_and_read_as_before(name):
         assert got["block_directions"] == pytest.approx(expected["block_directions"], abs=1e-6)
 
 
+def test_a_schedule_that_starts_later_trains_step_for_step_like_none():
+    """An induced run whose MHSA schedule holds 1.0 until its first point is, up to that point, the natural
+    run of the same seed (the paired design of studies/induced_speech_step2.yaml): the same losses, bit for
+    bit."""
+    from tests.conftest import TINY
+    from trainers.config import build_config
+    from trainers.train import Trial
+
+    losses = []
+    for schedule in ([], [[1000, 1.0], [2000, 3.0]]):
+        overrides = {**TINY, **RECIPE, "train.steps": STEPS, "detector.every": STEPS}
+        with tempfile.TemporaryDirectory() as out_dir:
+            trial = Trial(
+                build_config({**overrides, "model.mhsa_scale_schedule": schedule}),
+                Path(out_dir),
+                log=lambda _: None,
+            )
+            trial.run()
+        losses.append(trial.losses)
+    assert len(losses[0]) == STEPS and losses[0] == losses[1]
+
+
 if __name__ == "__main__":  # record the golden numbers in the current checkout
     sys.path.insert(0, str(Path.cwd()))
     Path(sys.argv[1]).write_text(json.dumps({name: record(name) for name in CONFIGS}, indent=1) + "\n")
