@@ -36,11 +36,17 @@ PARAMS_FILE = "params.csv"
 MAPS = "maps"
 # The curves the report reads of a run: its label and undecided reason at each evaluation, the plotted
 # readings, the sink's, and per block the MHSA/FFN and MHSA/residual norm ratios, the initial frames'
-# self-attention reach and the gradient map's direction (G_0 the input; the flipping block and the paper's
-# depth are chosen when the report is read, so every block is kept).
+# self-attention reach, pull and entropy, and the gradient map's direction (G_0 the input; the flipping
+# block and the paper's depth are chosen when the report is read, so every block is kept).
 CURVES = ("label_code", "reason_code", "attention_direction", "cross_initial_lift", "outside_sink_direction")
-BLOCK_CURVES = ("mhsa_ffn_ratio_{block}", "mhsa_residual_ratio_{block}", "self_initial_reach_{block}")
-PARAMS = ("model.layers", "detector.min_direction", "detector.sink_lift")
+BLOCK_CURVES = (
+    "mhsa_ffn_ratio_{block}",
+    "mhsa_residual_ratio_{block}",
+    "self_initial_reach_{block}",
+    "self_initial_pull_{block}",
+    "self_initial_entropy_{block}",
+)
+PARAMS = ("model.layers", "detector.min_direction", "detector.sink_lift", "model.forced_attention_steps")
 
 
 class KeptError(ValueError):

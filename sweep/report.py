@@ -21,6 +21,8 @@ driver recorded on the parent run, so the numbers are the driver's own. Several 
   `detector.sink_lift`, for how many evaluations, its last and highest lift, the direction outside it, the
   gradient maps' directions at the end and the initial frames' self-attention reach, and what became of it
   (`SINK_FATES`: the paper's picture, none, gone, stays).
+* **The initial frames' self-attention** per run, in its farthest-reaching block: reach, pull and entropy at
+  the first evaluation, when forced cross-attention ended (induced and mitigation runs) and at the end.
 * **Dominance** per cell: the MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of
   12), first, largest and last reading (from the curves).
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last
@@ -216,6 +218,39 @@ def sinks(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
                 "fate": sink_fate(lift, sink_lift, ends[0], ends[-1], run.min_direction),
             }
         )
+    return pd.DataFrame(rows)
+
+
+INITIAL_LINKS = ("reach", "pull", "entropy")
+
+
+def initial_links(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
+    """Per finished run, how the initial frames' self-attention links them with the utterance, in the block
+    whose reach ever went highest: reach (mass on the far half; 0.5 uniform, 1 mirrored), pull (the other
+    frames' mass on them over uniform) and entropy (over log T'; 1 uniform), at the first evaluation, when
+    forced cross-attention ended (`model.forced_attention_steps`; NaN for runs never forced) and at the end.
+
+    The paper's first step has the initial frames "linked with all informative frames": far-reaching
+    attention raises the reach, evenly spread attention the entropy; forcing on the first frames against
+    forcing on the centre (or none) says whether it is the forced frame that moves them.
+    """
+    rows = []
+    for run in finished.itertuples(index=False):
+        blocks = range(1, int(run.layers) + 1)
+        reach = {b: reader(run.run_id, f"self_initial_reach_{b}") for b in blocks}
+        highest = {b: curve.max() for b, curve in reach.items() if not curve.empty}
+        if not highest:
+            continue
+        block = max(highest, key=lambda b: -math.inf if math.isnan(highest[b]) else highest[b])
+        forced = reader.param(run.run_id, "model.forced_attention_steps", 0.0)
+        row = {"trial_key": run.trial_key, "cell": run.cell, "seed": run.seed, "kind": run.kind}
+        row |= {"block": block, "forced_until": forced if forced > 0 else math.nan}
+        for name in INITIAL_LINKS:
+            curve = reader(run.run_id, f"self_initial_{name}_{block}")
+            first = float(curve.iloc[0]) if len(curve) else math.nan
+            row |= {f"{name}_first": first, f"{name}_forced": _at(curve, row["forced_until"])}
+            row[f"{name}_end"] = _at(curve, math.inf)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -512,6 +547,26 @@ def sink_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     ]
 
 
+def initial_links_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
+    """The initial frames' self-attention per run (none for runs recorded without its curves)."""
+    table = initial_links(reader, finished)
+    if table.empty:
+        return []
+    if table["forced_until"].isna().all():
+        table = table.drop(columns=[f"{name}_forced" for name in INITIAL_LINKS] + ["forced_until"])
+    return [
+        "### The initial frames' self-attention: how far, how evenly, how much read",
+        "",
+        "In the block whose reach went highest: `reach`, the initial frames' self-attention mass on the far "
+        "half (0.5 uniform, 0 local, 1 mirrored); `pull`, the other frames' mass on them over uniform; "
+        "`entropy`, the initial frames' attention entropy over log T' (1 uniform, 0 one frame). At the first "
+        "evaluation, when forced cross-attention ended (`forced_until`, runs forced only) and at the end.",
+        "",
+        _markdown(table),
+        "",
+    ]
+
+
 def dominance_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     """The paper's second step per cell: MHSA/FFN and MHSA/residual norm ratios at the paper's depth."""
     return [
@@ -628,6 +683,7 @@ def report(
         write_kept(tables, record.sources, record.design, reader, finished)
     out = [f"## {record.name}", "", *design_lines(record), *incidence_lines(stats), *comparison_lines(stats)]
     out += backward_lines(finished) + first_step_lines(finished) + sink_lines(reader, finished)
+    out += initial_links_lines(reader, finished)
     out += dominance_lines(reader, finished)
     out += reversed_lines(finished) + mechanism_lines(reader, finished)
     out += runs_lines(reader, finished, tables)

@@ -56,6 +56,7 @@ PER_BLOCK = (
     "self_attention_direction",
     "self_initial_reach",  # initial queries' self-attention mass on the far half of the utterance
     "self_initial_pull",  # other queries' mass on the initial frames, relative to uniform
+    "self_initial_entropy",  # initial queries' self-attention entropy / log T' (1: uniform)
 )
 _PER_BLOCK = re.compile(rf"({'|'.join(PER_BLOCK)})_\d+")
 

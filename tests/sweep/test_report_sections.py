@@ -184,3 +184,37 @@ def test_the_sink_section_reads_when_a_sink_formed_how_it_ended_and_where_the_re
     text = "\n".join(report.sink_lines(SinkCurves(), runs))
     assert "### The start-edge sink over training" in text and f"Fates: stays {len(runs)}." in text
     assert report.sink_lines(LabelCurves(), runs[:0]) == []  # no runs, no section
+
+
+class ForcedLinks(SinkCurves):
+    """SinkCurves' runs, their cross-attention forced until step 100 (`forced`, else never forced), with the
+    initial frames' pull and entropy beside the reach."""
+
+    def __init__(self, forced: float = 100.0):
+        self.forced = forced
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        curves = {
+            "self_initial_pull_2": {50: 1.0, 100: 1.4, 200: 2.0},
+            "self_initial_entropy_2": {50: 0.99, 100: 0.9, 200: 0.6},
+        }
+        return pd.Series(curves[key], dtype=float) if key in curves else super().__call__(run_id, key)
+
+    def param(self, run_id: str, key: str, default: float) -> float:
+        return self.forced if key == "model.forced_attention_steps" else default
+
+
+def test_the_initial_frames_section_reads_the_farthest_block_at_the_start_the_release_and_the_end():
+    runs = finished(record().incidence())
+    table = report.initial_links(ForcedLinks(), runs)
+    assert table["trial_key"].tolist() == runs["trial_key"].tolist()
+    first = table.iloc[0]
+    assert (first["block"], first["forced_until"]) == (2, 100.0)  # block 2 reached furthest (0.81)
+    assert (first["reach_first"], first["reach_forced"], first["reach_end"]) == (0.5, 0.5, 0.81)
+    assert (first["pull_first"], first["pull_forced"], first["pull_end"]) == (1.0, 1.4, 2.0)
+    assert (first["entropy_first"], first["entropy_forced"], first["entropy_end"]) == (0.99, 0.9, 0.6)
+    text = "\n".join(report.initial_links_lines(ForcedLinks(), runs))
+    assert "### The initial frames' self-attention" in text and "entropy_forced" in text
+    never = "\n".join(report.initial_links_lines(ForcedLinks(forced=0.0), runs))
+    assert "entropy_end" in never and "_forced" not in never  # runs never forced: no release columns
+    assert report.initial_links_lines(ForcedLinks(), runs[:0]) == []  # no runs, no section

@@ -84,9 +84,14 @@ def test_initial_frame_mass_and_self_attention_links():
     np.testing.assert_allclose(lift, [10 / 3, 1.0])
     local = np.broadcast_to(np.eye(t), (1, 2, t, t))  # each frame reads itself
     mirror = np.broadcast_to(np.eye(t)[::-1], (1, 2, t, t))  # frame i reads frame T'-1-i
-    reach, pull = self_initial_links(np.concatenate([local, mirror]), np.array([t, t]), k=3)
-    np.testing.assert_allclose(reach, [0.0, 1.0])  # the initial frames read the far half only when mirrored
-    np.testing.assert_allclose(pull, [0.0, (3 / 7) / (3 / 10)])  # mirrored: 3 of the 7 other frames read them
+    even = np.full((1, 2, t + 2, t + 2), 1 / t)  # every frame reads the utterance alike; 2 frames padding
+    even[..., t:] = 0.0
+    links = self_initial_links(np.concatenate([local, mirror, even[..., :t, :t]]), np.array([t, t, t]), k=3)
+    np.testing.assert_allclose(links.reach, [0.0, 1.0, 0.5])  # the far half: only mirrored, or half of even
+    np.testing.assert_allclose(links.pull, [0.0, (3 / 7) / (3 / 10), 1.0])  # mirrored: 3 of the 7 others
+    np.testing.assert_allclose(links.entropy, [0.0, 0.0, 1.0], atol=1e-12)  # spread over all: only even
+    shorter = self_initial_links(even, np.array([t]), k=3)  # padded keys carry no weight and do not count
+    np.testing.assert_allclose([shorter.reach, shorter.pull, shorter.entropy], [[0.5], [1.0], [1.0]])
 
 
 def test_attention_argmax_maps_reversed_frames_back():

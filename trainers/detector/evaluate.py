@@ -150,8 +150,9 @@ def _read_batch(
         self_attention_direction=np.stack(
             [self_attention_directions_per_utterance(w, enc_lengths) for w in self_attention]
         ),
-        self_initial_reach=np.stack([reach for reach, _ in links]),
-        self_initial_pull=np.stack([pull for _, pull in links]),
+        self_initial_reach=np.stack([link.reach for link in links]),
+        self_initial_pull=np.stack([link.pull for link in links]),
+        self_initial_entropy=np.stack([link.entropy for link in links]),
     )
     return _BatchReading(
         loss=float(F.cross_entropy(logits, targets, label_smoothing=label_smoothing)),
@@ -360,6 +361,7 @@ def evaluate(
         self_attention_direction=[float(v) for v in pooled("self_attention_direction").mean(-1)],
         self_initial_reach=[float(v) for v in pooled("self_initial_reach").mean(-1)],
         self_initial_pull=[float(v) for v in pooled("self_initial_pull").mean(-1)],
+        self_initial_entropy=[float(v) for v in pooled("self_initial_entropy").mean(-1)],
         shifted=bool(
             monotonic and scores["attention_miss_rate"] - scores["alignment_miss_rate"] > cfg.shift_margin
         ),

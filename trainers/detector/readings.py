@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
@@ -286,13 +287,21 @@ def self_attention_directions(
     ]
 
 
-def self_initial_links(weights: np.ndarray, enc_lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """How one block's self-attention (B, H, T', T') links the first k frames with the rest, per utterance:
+class InitialLinks(NamedTuple):
+    """How one block's self-attention links the first k frames with the rest, per utterance: each (B,)."""
 
-    * reach: the mass the initial queries (t < k) put on the far half of the utterance (keys >= T'/2);
-      about 0.5 for uniform attention, near 0 for local attention. A reversed encoder needs it: frame 0 must
-      come to carry what happened at the end.
-    * pull: the mass the other queries (t >= k) put on the initial keys, relative to uniform (k / T').
+    reach: np.ndarray  # the initial queries' mass on the far half of the utterance; 0.5 uniform, ~0 local
+    pull: np.ndarray  # the other queries' mass on the initial keys, relative to uniform (k / T')
+    entropy: np.ndarray  # the initial queries' entropy over the keys / log T'; 1 uniform, 0 one key
+
+
+def self_initial_links(weights: np.ndarray, enc_lengths: np.ndarray, k: int) -> InitialLinks:
+    """How one block's self-attention (B, H, T', T') links the first k frames with the rest, per utterance.
+
+    A reversed encoder needs the reach: frame 0 must come to carry what happened at the end. The entropy
+    tells the two ways of "linking the initial frames with all informative frames" apart: attention spread
+    evenly over the utterance (entropy near 1, reach near 0.5) against attention that points far (reach near
+    1 at any entropy). Means over heads and initial queries.
     """
     lengths = np.asarray(enc_lengths)
     k_b = initial_frames(lengths, k)
@@ -305,7 +314,10 @@ def self_initial_links(weights: np.ndarray, enc_lengths: np.ndarray, k: int) -> 
     reach = (by_query_far * initial).sum(-1) / k_b
     rest = valid & ~initial
     pull = (by_query_initial * rest).sum(-1) / np.maximum(rest.sum(-1), 1)
-    return reach, pull / (k_b / np.maximum(lengths, 1))
+    safe = np.where(valid[:, None, None, :] & (weights > 0), weights, 1.0)
+    by_query_entropy = -(np.where(valid[:, None, None, :], weights, 0.0) * np.log(safe)).sum(-1).mean(1)
+    entropy = (by_query_entropy * initial).sum(-1) / k_b / np.log(np.maximum(lengths, 2))
+    return InitialLinks(reach=reach, pull=pull / (k_b / np.maximum(lengths, 1)), entropy=entropy)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class Evaluation:
     self_attention_direction: list[float] = field(default_factory=list)
     self_initial_reach: list[float] = field(default_factory=list)
     self_initial_pull: list[float] = field(default_factory=list)
+    self_initial_entropy: list[float] = field(default_factory=list)
     tse_boundary_ms: float = math.nan
     tse_position_ms: float = math.nan
     attention_miss_rate: float = math.nan
