@@ -263,6 +263,50 @@ def test_reproduction_cells_share_seeds_and_differ_only_by_the_mitigation():
             assert {k for k in base.keys() | other.keys() if base.get(k) != other.get(k)} == {key}
 
 
+INTERVENTION_KEYS = {
+    "model.forced_attention_at",
+    "model.forced_attention_steps",
+    "model.forced_attention_blend_steps",
+    "model.mhsa_scale_schedule",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "kinds"),
+    [
+        ("induced_speech_step2", {"dominance-after-sink": "induced"}),
+        (
+            "induced_speech_pilot",
+            {
+                "first-1000-1000": "induced",
+                "first-1000-1000-then-dominance": "induced",
+                "dominance-1500-release-2000": "induced",
+                "centre-1000-1000": "mitigation",
+                "centre-1000-1000-then-dominance": "induced",
+            },
+        ),
+    ],
+)
+def test_speech_interventions_differ_from_study_7s_natural_seeds_only_by_the_intervention(name, kinds):
+    """The induced speech studies pair with study 7's natural seeds at 4000 steps: the same settings and
+    seeds but for the keys that impose a step of the paper's mechanism, and a kind that never pools with
+    them."""
+    natural = {
+        t.seed: t for t in expand(load_space(ROOT / "search_spaces/studies/speech_rendered_seeds_0_3.yaml"))
+    }
+    trials = expand(load_space(ROOT / "search_spaces" / "studies" / f"{name}.yaml"))
+    assert {t.cell: t.kind for t in trials} == kinds
+    for trial in trials:
+        twin = natural[trial.seed]
+        assert twin.kind == "natural"
+        changed = {
+            k
+            for k in trial.overrides.keys() | twin.overrides.keys()
+            if trial.overrides.get(k) != twin.overrides.get(k)
+        }
+        assert changed and changed <= INTERVENTION_KEYS, (trial.cell, changed)
+
+
 # -- base_from: a space that starts from another file's base ------------------------------------------------
 def _space(tmp_path: Path, name: str, *lines: str) -> Path:
     return write(tmp_path, "\n".join([f"name: {name}", "trainer: conformer_aed", *lines]), f"{name}.yaml")
