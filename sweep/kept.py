@@ -35,10 +35,19 @@ CURVES_FILE = "curves.csv"
 PARAMS_FILE = "params.csv"
 MAPS = "maps"
 # The curves the report reads of a run: its label and undecided reason at each evaluation, the plotted
-# readings, the sink's, and per block the MHSA/FFN and MHSA/residual norm ratios, the initial frames'
-# self-attention reach, pull and entropy, and the gradient map's direction (G_0 the input; the flipping
-# block and the paper's depth are chosen when the report is read, so every block is kept).
-CURVES = ("label_code", "reason_code", "attention_direction", "cross_initial_lift", "outside_sink_direction")
+# readings, the sink's, what was imposed on training (the MHSA scale, the learned attention's share), and per
+# block the MHSA/FFN and MHSA/residual norm ratios, the initial frames' self-attention reach, pull and
+# entropy, and the gradient map's direction (G_0 the input; the flipping block and the paper's depth are
+# chosen when the report is read, so every block is kept).
+CURVES = (
+    "label_code",
+    "reason_code",
+    "attention_direction",
+    "cross_initial_lift",
+    "outside_sink_direction",
+    "mhsa_scale",
+    "learned_attention_share",
+)
 BLOCK_CURVES = (
     "mhsa_ffn_ratio_{block}",
     "mhsa_residual_ratio_{block}",

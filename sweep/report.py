@@ -23,6 +23,10 @@ driver recorded on the parent run, so the numbers are the driver's own. Several 
   (`SINK_FATES`: the paper's picture, none, gone, stays).
 * **The initial frames' self-attention** per run, in its farthest-reaching block: reach, pull and entropy at
   the first evaluation, when forced cross-attention ended (induced and mitigation runs) and at the end.
+* **The interventions** (runs with something imposed: induced runs and forced cross-attention): from which
+  evaluation the MHSA scale and the learned attention's share held still, and what the attention and the
+  gradient maps did before and after; then which induced cells to re-run with more seeds (the longest
+  reversed encoder) and any that flipped at a rate worth a study of its own (`FLIP_RANGE`).
 * **Dominance** per cell: the MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of
   12), first, largest and last reading (from the curves).
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last
@@ -252,6 +256,97 @@ def initial_links(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
             row[f"{name}_end"] = _at(curve, math.inf)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# What is imposed on a run, as the trial records it at every evaluation (trainers.reported).
+INTERVENTION_CURVES = ("mhsa_scale", "learned_attention_share")
+FOLLOW_UP_CELLS = 2  # induced cells to re-run with more seeds: those whose encoder read reversed longest
+FLIP_RANGE = (0.15, 0.85)  # an induced cell flipping this often is worth a study of its own
+
+
+def settled_at(curves: list[pd.Series]) -> float:
+    """The first evaluation from which every curve keeps its last value (NaN if none was recorded)."""
+    curves = [c for c in curves if not c.empty]
+    if not curves:
+        return math.nan
+    frame = pd.concat(curves, axis=1).sort_index().ffill()
+    moving = frame.index[(frame != frame.iloc[-1]).any(axis=1)]
+    later = frame.index[frame.index > moving.max()] if len(moving) else frame.index
+    return float(later.min())
+
+
+def interventions(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
+    """Per finished run with something imposed on it (an induced run, or one whose cross-attention was forced:
+    the centre controls), what training did once the intervention held still: `settled_at`, the first
+    evaluation with the MHSA scale and the learned attention's share at their final values; `scale_end`;
+    the attention's direction outside any sink then (`direction_settled`), its lowest reading from then on
+    and at the end; and the evaluations whose attention, G_0 and last block read as a flip
+    (`reads_reversed`) before and from `settled_at`. Runs recorded before these curves show NaN."""
+    rows = []
+    for run in finished.itertuples(index=False):
+        scale, share = (reader(run.run_id, key) for key in INTERVENTION_CURVES)
+        imposed = bool((scale != 1.0).any()) or bool((share < 1.0).any())
+        if not imposed and run.kind != "induced":
+            continue
+        start = settled_at([scale, share])
+        direction = reader(run.run_id, "outside_sink_direction")
+        g0, last = (reader(run.run_id, f"block_direction_{b}") for b in (0, run.layers))
+        flips = reads_reversed(
+            direction, g0.reindex(direction.index), last.reindex(direction.index), run.min_direction
+        )
+        after = direction[direction.index >= start]
+        rows.append(
+            {
+                "trial_key": run.trial_key,
+                "cell": run.cell,
+                "seed": run.seed,
+                "kind": run.kind,
+                "label": run.label,
+                "settled_at": start,
+                "scale_end": _at(scale, math.inf),
+                "direction_settled": _at(direction, start),
+                "lowest_after": float(after.min()) if len(after) else math.nan,
+                "direction_end": _at(direction, math.inf),
+                "reversed_encoder_before": int(flips[flips.index < start].sum()) if len(after) else math.nan,
+                "reversed_encoder_after": int(flips[flips.index >= start].sum()) if len(after) else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def follow_up_lines(stats: IncidenceReport, finished: pd.DataFrame) -> list[str]:
+    """What the induced cells call for next: the FOLLOW_UP_CELLS whose encoder read reversed at the most
+    evaluations (`reversed_encoder_evaluations`, the detector's count), and any cell whose decided runs
+    flipped at a rate within FLIP_RANGE, with its Wilson interval."""
+    induced = finished[finished["kind"] == "induced"]
+    if induced.empty:
+        return []
+    longest = (
+        induced.groupby("cell", sort=False)["reversed_encoder_evaluations"]
+        .max()
+        .sort_values(ascending=False, kind="stable")
+    )
+    kept = longest[longest > 0].head(FOLLOW_UP_CELLS)
+    if kept.empty:
+        lines = [
+            "- No induced cell's encoder read reversed (attention, G_0 and last block) at any evaluation."
+        ]
+    else:
+        named = ", ".join(f"`{cell}` ({int(n)} evaluations)" for cell, n in kept.items())
+        lines = [f"- Longest reversed encoder, to re-run with more seeds: {named}."]
+    cells = stats.cells[stats.cells["kind"] == "induced"]
+    low, high = FLIP_RANGE
+    flipping = [c for c in cells.itertuples() if not math.isnan(c.rate) and low <= c.rate <= high]
+    for c in flipping:
+        lines.append(
+            f"- `{c.cell}` flipped in {int(c.reversed)} of {int(c.reversed + c.normal)} decided runs "
+            f"({c.rate:.0%} [{c.ci_low:.0%}, {c.ci_high:.0%}]): a study of its own, mitigations beside it."
+        )
+    if not flipping:
+        lines.append(
+            f"- No induced cell flipped at a rate between {low:.0%} and {high:.0%} of its decided runs."
+        )
+    return lines
 
 
 def mechanism(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
@@ -567,6 +662,27 @@ def initial_links_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     ]
 
 
+def intervention_lines(reader: RunReader, finished: pd.DataFrame, stats: IncidenceReport) -> list[str]:
+    """The runs with something imposed on them, after it held still, and what the induced cells call for
+    (none in a sweep without such runs)."""
+    table = interventions(reader, finished)
+    if table.empty:
+        return []
+    return [
+        "### The interventions: what training did once they held still",
+        "",
+        "`settled_at`: the first evaluation with the MHSA scale (`scale_end`) and the decoder's learned "
+        "share of its cross-attention at their final values. Directions are the attention's outside any "
+        "start-edge sink, at `settled_at`, lowest from then on, and at the end; `reversed_encoder_*`: "
+        "evaluations whose attention, G_0 and last block all read as a flip, before and from `settled_at`.",
+        "",
+        _markdown(table),
+        "",
+        *follow_up_lines(stats, finished),
+        "",
+    ]
+
+
 def dominance_lines(reader: RunReader, finished: pd.DataFrame) -> list[str]:
     """The paper's second step per cell: MHSA/FFN and MHSA/residual norm ratios at the paper's depth."""
     return [
@@ -683,7 +799,7 @@ def report(
         write_kept(tables, record.sources, record.design, reader, finished)
     out = [f"## {record.name}", "", *design_lines(record), *incidence_lines(stats), *comparison_lines(stats)]
     out += backward_lines(finished) + first_step_lines(finished) + sink_lines(reader, finished)
-    out += initial_links_lines(reader, finished)
+    out += initial_links_lines(reader, finished) + intervention_lines(reader, finished, stats)
     out += dominance_lines(reader, finished)
     out += reversed_lines(finished) + mechanism_lines(reader, finished)
     out += runs_lines(reader, finished, tables)

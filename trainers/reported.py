@@ -47,6 +47,12 @@ SCALARS = (
     "reason_code",  # 0 decided, else trainers.detector.verdict.REASON_CODES
     "train_loss",
     "learning_rate",
+    # What is imposed on training at this step (issue "induced"): the MHSA residual scale of the scaled blocks
+    # (model.mhsa_scale, or its schedule) and the decoder's learned share of its cross-attention (0 forced,
+    # 1 its own: model.forced_attention_*). Plotted beside the readings, and read by `sweep.report` for the
+    # step from which an intervention holds still.
+    "mhsa_scale",
+    "learned_attention_share",
     *RUNNING_PHASE,
 )
 PER_BLOCK = (

@@ -41,6 +41,7 @@ from trainers.detector.evaluate import evaluate
 from trainers.detector.plots import plot_attention, plot_gradients
 from trainers.detector.verdict import Evaluation, should_stop, transient, verdict
 from trainers.model.aed import ConformerAED
+from trainers.model.forcing import learned_share
 from trainers.outcome import RESULT_FILE, TrialCost, TrialOutcome, attention_map_path
 from trainers.reported import RUNNING_PHASE
 from trainers.specaugment import mask_generator, spec_augment
@@ -281,6 +282,8 @@ class Trial:
             step=self.step,
             train_loss=sum(recent) / len(recent) if recent else math.nan,
             learning_rate=learning_rate(max(self.step - 1, 0), self.cfg.train),
+            mhsa_scale=self.model.encoder.mhsa_scale_at(max(self.step - 1, 0)),
+            learned_attention_share=learned_share(max(self.step - 1, 0), self.cfg.model),
             label=evaluation.label,
         )
         return metrics

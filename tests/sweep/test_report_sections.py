@@ -218,3 +218,67 @@ def test_the_initial_frames_section_reads_the_farthest_block_at_the_start_the_re
     never = "\n".join(report.initial_links_lines(ForcedLinks(forced=0.0), runs))
     assert "entropy_end" in never and "_forced" not in never  # runs never forced: no release columns
     assert report.initial_links_lines(ForcedLinks(), runs[:0]) == []  # no runs, no section
+
+
+class Imposed(SinkCurves):
+    """Two-block runs. Those in `imposed` had the MHSA scale grow 1 -> 3 by step 150 and their cross-attention
+    forced until step 100, released by 150; their attention and last block read backwards (G_0 forwards) at
+    steps 100-200, forwards at 250. Those in `old` were recorded before the intervention curves; the rest
+    recorded them with nothing imposed."""
+
+    def __init__(self, imposed: set[str], old: set[str] = frozenset()):
+        self.imposed, self.old = imposed, old
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        if key in report.INTERVENTION_CURVES and run_id in self.old:
+            return pd.Series(dtype=float)
+        if key in report.INTERVENTION_CURVES and run_id not in self.imposed:
+            return pd.Series({50: 1.0, 250: 1.0}, dtype=float)
+        curves = {
+            "mhsa_scale": {50: 1.0, 100: 2.0, 150: 3.0, 200: 3.0, 250: 3.0},
+            "learned_attention_share": {50: 0.0, 100: 0.0, 150: 1.0, 200: 1.0, 250: 1.0},
+            "outside_sink_direction": {50: 0.1, 100: -0.8, 150: -0.7, 200: -0.6, 250: 0.9},
+            "block_direction_0": {50: 0.9, 100: 0.9, 150: 0.9, 200: 0.9, 250: 0.9},
+            "block_direction_2": {50: 0.1, 100: -0.9, 150: -0.8, 200: -0.7, 250: 0.8},
+        }
+        return pd.Series(curves[key], dtype=float) if key in curves else super().__call__(run_id, key)
+
+
+def test_an_intervention_settles_when_its_scale_and_share_stop_changing():
+    scale = pd.Series({50: 1.0, 100: 3.0, 150: 3.0}, dtype=float)
+    share = pd.Series({50: 0.0, 100: 0.5, 150: 1.0}, dtype=float)
+    assert report.settled_at([scale, share]) == 150  # the share still moved at 100
+    assert report.settled_at([scale]) == 100
+    assert report.settled_at([pd.Series({50: 1.0, 100: 1.0}, dtype=float)]) == 50  # never changed
+    assert math.isnan(report.settled_at([pd.Series(dtype=float)]))  # not recorded
+
+
+def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_names_the_cells_to_follow():
+    runs = finished(record().incidence())
+    runs = runs.assign(run_id=runs["trial_key"])
+    induced = runs[runs["kind"] == "induced"]
+    first = induced[induced["cell"] == "first-20"]["trial_key"].tolist()
+    ctc = runs[runs["cell"] == "ctc"]["trial_key"].tolist()[0]  # a mitigation with forcing (a centre control)
+    old = induced["trial_key"].tolist()[-1]
+    curves = Imposed(imposed=set(induced["trial_key"]) - {old} | {ctc}, old={old})
+    table = report.interventions(curves, runs).set_index("trial_key")
+    # every induced run, and the mitigation run with something imposed; nothing else
+    assert sorted(table.index) == sorted([*induced["trial_key"], ctc])
+    row = table.loc[first[0]]
+    assert (row["settled_at"], row["scale_end"]) == (150, 3.0)
+    assert (row["direction_settled"], row["lowest_after"], row["direction_end"]) == (-0.7, -0.7, 0.9)
+    assert (row["reversed_encoder_before"], row["reversed_encoder_after"]) == (1, 2)  # steps 100 | 150, 200
+    assert math.isnan(table.loc[old, "settled_at"]) and math.isnan(table.loc[old, "reversed_encoder_after"])
+
+    runs.loc[runs["trial_key"].isin(first), "reversed_encoder_evaluations"] = [5, 0, 2]
+    runs.loc[runs["cell"] == "first-20-ctc", "reversed_encoder_evaluations"] = 1
+    text = "\n".join(report.intervention_lines(curves, runs, record().incidence()))
+    assert "### The interventions: what training did once they held still" in text
+    assert "re-run with more seeds: `first-20` (5 evaluations), `first-20-ctc` (1 evaluations)." in text
+    assert "`first-20` flipped in 1 of 3 decided runs (33% [6%, 79%])" in text  # in FLIP_RANGE
+    assert "`first-20-ctc` flipped" not in text  # 0 of 3
+    nothing = runs.assign(reversed_encoder_evaluations=0)
+    assert "No induced cell's encoder read reversed" in "\n".join(
+        report.follow_up_lines(record().incidence(), nothing)
+    )
+    assert report.intervention_lines(curves, runs[runs["kind"] == "natural"], record().incidence()) == []

@@ -153,3 +153,26 @@ def test_forced_attention_frames_counts_from_one():
         build_config({"model.forced_attention_frames": 0})
     with pytest.raises(ConfigError, match="forced_attention_at"):
         build_config({"model.forced_attention_at": "last"})
+
+
+def test_every_report_records_what_was_imposed_at_its_step(tmp_path):
+    """The trial reports the MHSA scale and the learned attention's share of the step it just trained, so
+    `sweep.report` can read from which evaluation an intervention held still."""
+    from tests.conftest import TINY
+    from trainers.train import Trial
+
+    schedule = [[8, 1.0], [16, 3.0]]
+    overrides = {**TINY, "train.steps": 20, "detector.every": 4, "model.mhsa_scale_schedule": schedule}
+    overrides |= {"model.forced_attention_at": "first", "model.forced_attention_steps": FORCED}
+    reports = []
+    config = build_config({**overrides, "model.forced_attention_blend_steps": BLEND})
+    Trial(config, tmp_path, report=lambda metrics, _: reports.append(metrics), log=lambda _: None).run()
+    got = [(r["step"], r["mhsa_scale"], r["learned_attention_share"]) for r in reports]
+    # evaluation at step s: the step just trained is s - 1; forced to 9, blended over 10..13, released at 14
+    assert got == [
+        (4, 1.0, 0.0),
+        (8, 1.0, 0.0),
+        (12, pytest.approx(1.0 + 2.0 * 3 / 8), pytest.approx(1 / 4)),
+        (16, pytest.approx(1.0 + 2.0 * 7 / 8), 1.0),
+        (20, 3.0, 1.0),
+    ]
