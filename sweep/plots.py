@@ -277,7 +277,8 @@ def plot_curves(
 ) -> Path:
     """One thin line per run of `value` over training steps, one panel per cell.
 
-    `curves` has columns cell, trial_key, step and `value` (long format, e.g. from sweep.report.curves).
+    `curves` has columns cell, trial_key, step and `value` (long format, as
+    `sweep.report.analyses.curves` gives it).
     """
     if curves.empty:
         return _message(path, title, "no curves recorded")

@@ -10,6 +10,7 @@ import pandas as pd
 from sweep import report
 from sweep.design import CellDesign, SweepDesign
 from sweep.kept import KeptRuns
+from sweep.report import analyses, reader, sections
 from sweep.results import SweepRecord
 from tests.sweep.test_kinds import KINDS, hand_made
 
@@ -44,13 +45,13 @@ def record() -> SweepRecord:
 
 
 def finished(stats) -> pd.DataFrame:
-    """The finished runs as `report.finished_runs` gives them, with the figures a reversed run carries."""
+    """The finished runs as `reader.finished_runs` gives them, with the figures a reversed run carries."""
     done = stats.trials[stats.trials["label"] != "failed"]
     return done.assign(**FIGURES, flip_block=[2 if label == "reversed" else None for label in done["label"]])
 
 
 def test_the_design_section_names_the_kinds_and_each_familys_baseline():
-    lines = "\n".join(report.design_lines(record()))
+    lines = "\n".join(sections.design_lines(record()))
     assert "baseline cell: `baseline` (the first natural cell); induced baseline: `first-20`" in lines
     assert "cells by kind: 1 natural, 1 mitigation, 2 induced, 1 control" in lines
     assert "each cell is compared with the baseline of its family" in lines
@@ -58,7 +59,7 @@ def test_the_design_section_names_the_kinds_and_each_familys_baseline():
 
 def test_the_incidence_section_shows_each_cells_kind_why_runs_are_undecided_and_each_kinds_rate():
     stats = record().incidence()
-    text = "\n".join(report.incidence_lines(stats))
+    text = "\n".join(sections.incidence_lines(stats))
     header = text.split("\n")[2]
     assert [c.strip() for c in header.strip("|").split("|")][:3] == ["cell", "kind", "n"]
     assert "undecided: why" in header
@@ -69,7 +70,7 @@ def test_the_incidence_section_shows_each_cells_kind_why_runs_are_undecided_and_
 
 
 def test_the_comparison_section_tests_each_family_against_its_own_baseline():
-    text = "\n".join(report.comparison_lines(record().incidence()))
+    text = "\n".join(sections.comparison_lines(record().incidence()))
     natural = text.split("### Fisher exact tests against `baseline`")[1].split("###")[0]
     induced = text.split("### Fisher exact tests against `first-20`")[1].split("###")[0]
     assert "| ctc" in natural and "first-20-ctc" not in natural
@@ -80,7 +81,7 @@ def test_the_comparison_section_tests_each_family_against_its_own_baseline():
 def test_the_reversed_and_mechanism_sections_keep_families_apart():
     stats = record().incidence()
     runs = finished(stats)
-    verified = "\n".join(report.reversed_lines(runs))
+    verified = "\n".join(sections.reversed_lines(runs))
     rows = [line.split("|")[2:4] for line in verified.splitlines() if line.startswith(("| t0", "| t1"))]
     assert sorted((cell.strip(), kind.strip()) for cell, kind in rows) == [
         ("control", "control"),
@@ -88,7 +89,7 @@ def test_the_reversed_and_mechanism_sections_keep_families_apart():
         ("first-20", "induced"),
     ]
     assert "3 of 3 reversed runs pass every check." in verified
-    mechanism = "\n".join(report.mechanism_lines(Curves(), runs))
+    mechanism = "\n".join(sections.mechanism_lines(Curves(), runs))
     assert "No natural and mitigation run reversed" in mechanism  # the induced flip is not theirs
     assert "### Mechanism, induced runs" in mechanism
     assert "control" not in mechanism  # constructed flips say nothing about the mechanism
@@ -96,7 +97,7 @@ def test_the_reversed_and_mechanism_sections_keep_families_apart():
 
 def test_the_report_is_its_sections_in_order(monkeypatch):
     monkeypatch.setattr(report, "load_sweeps", lambda client, experiment, ids: record())
-    monkeypatch.setattr(report.RunReader, "of", classmethod(lambda cls, client, record: Curves()))
+    monkeypatch.setattr(reader.RunReader, "of", classmethod(lambda cls, client, record: Curves()))
     monkeypatch.setattr(report, "finished_runs", lambda history, trials: finished(record().incidence()))
     text = report.report(client=None, experiment="kinds")
     headings = [line for line in text.splitlines() if line.startswith("#")]
@@ -108,17 +109,17 @@ def test_the_report_is_its_sections_in_order(monkeypatch):
 
 def test_a_run_settles_from_the_first_step_after_its_last_other_label():
     labels = pd.Series({50: 0.0, 100: 1.0, 150: 0.0, 200: 1.0, 250: 1.0}, dtype=float)  # undecided, normal...
-    assert report.settled_from(labels, "normal") == 200
-    assert report.settled_from(pd.Series({50: 1.0, 100: 1.0}, dtype=float), "normal") == 50  # from the start
-    assert math.isnan(report.settled_from(labels, "reversed"))  # its last evaluation says otherwise
-    assert math.isnan(report.settled_from(labels, "undecided"))  # an undecided run never settles
-    assert math.isnan(report.settled_from(pd.Series(dtype=float), "normal"))  # no curve
+    assert analyses.settled_from(labels, "normal") == 200
+    assert analyses.settled_from(pd.Series({50: 1.0, 100: 1.0}, dtype=float), "normal") == 50  # from start
+    assert math.isnan(analyses.settled_from(labels, "reversed"))  # its last evaluation says otherwise
+    assert math.isnan(analyses.settled_from(labels, "undecided"))  # an undecided run never settles
+    assert math.isnan(analyses.settled_from(pd.Series(dtype=float), "normal"))  # no curve
 
 
 def test_undecided_evaluations_are_counted_by_reason_in_the_reasons_order():
     codes = pd.Series({50: 3.0, 100: 1.0, 150: 1.0, 200: 0.0, 250: 3.0, 300: 3.0}, dtype=float)
-    assert report.undecided_evaluations(codes) == "accuracy 2, sink 3"
-    assert report.undecided_evaluations(pd.Series({50: 0.0}, dtype=float)) == ""
+    assert analyses.undecided_evaluations(codes) == "accuracy 2, sink 3"
+    assert analyses.undecided_evaluations(pd.Series({50: 0.0}, dtype=float)) == ""
 
 
 class LabelCurves:
@@ -131,8 +132,8 @@ class LabelCurves:
 
 def test_the_runs_section_has_a_row_per_finished_run_and_writes_its_table(tmp_path):
     runs = finished(record().incidence())
-    text = "\n".join(report.runs_lines(LabelCurves(), runs, tmp_path))
-    table = pd.read_csv(tmp_path / report.RUNS_TABLE)
+    text = "\n".join(sections.runs_lines(LabelCurves(), runs, tmp_path))
+    table = pd.read_csv(tmp_path / sections.RUNS_TABLE)
     assert len(table) == len(runs) and table["trial_key"].tolist() == runs["trial_key"].tolist()
     normal = table[table["label"] == "normal"]
     assert (normal["settled_from"] == 100).all()  # settled where its label stopped changing
@@ -145,12 +146,12 @@ def test_the_runs_section_has_a_row_per_finished_run_and_writes_its_table(tmp_pa
 
 def test_a_sinks_fate_is_the_papers_picture_first_then_none_gone_or_stays():
     lift = pd.Series({50: 1.0, 100: 5.0, 150: 4.0}, dtype=float)
-    assert report.sink_fate(lift, 3.0, 0.9, -0.9, 0.5) == "paper"  # G_0 forwards, last block backwards
-    assert report.sink_fate(lift, 3.0, 0.9, 0.9, 0.5) == "stays"
-    assert report.sink_fate(lift.replace(4.0, 2.0), 3.0, 0.9, 0.9, 0.5) == "gone"
-    assert report.sink_fate(lift.clip(upper=2.9), 3.0, 0.9, 0.9, 0.5) == "none"
-    assert report.sink_fate(lift, 3.0, 0.4, -0.9, 0.5) == "stays"  # G_0 not forwards enough: not the paper's
-    assert list(report.SINK_FATES) == ["paper", "none", "gone", "stays"]  # the order they are checked in
+    assert analyses.sink_fate(lift, 3.0, 0.9, -0.9, 0.5) == "paper"  # G_0 forwards, last block backwards
+    assert analyses.sink_fate(lift, 3.0, 0.9, 0.9, 0.5) == "stays"
+    assert analyses.sink_fate(lift.replace(4.0, 2.0), 3.0, 0.9, 0.9, 0.5) == "gone"
+    assert analyses.sink_fate(lift.clip(upper=2.9), 3.0, 0.9, 0.9, 0.5) == "none"
+    assert analyses.sink_fate(lift, 3.0, 0.4, -0.9, 0.5) == "stays"  # G_0 not forwards: not the paper's
+    assert list(analyses.SINK_FATES) == ["paper", "none", "gone", "stays"]  # the order they are checked in
 
 
 class SinkCurves:
@@ -174,16 +175,16 @@ class SinkCurves:
 
 def test_the_sink_section_reads_when_a_sink_formed_how_it_ended_and_where_the_reach_is():
     runs = finished(record().incidence())
-    table = report.sinks(SinkCurves(), runs)
+    table = analyses.sinks(SinkCurves(), runs)
     assert len(table) == len(runs) and table["trial_key"].tolist() == runs["trial_key"].tolist()
     first = table.iloc[0]
     assert (first["sink_from"], first["sink_evaluations"], first["evaluations"]) == (100, 3, 4)
     assert (first["lift_end"], first["lift_max"], first["outside_sink_end"]) == (5.0, 6.0, 0.8)
     assert first["gradient_maps_end"] == "+0.90 +0.70 -0.20"
     assert (first["reach_max"], first["reach_block"], first["fate"]) == (0.81, 2, "stays")
-    text = "\n".join(report.sink_lines(SinkCurves(), runs))
+    text = "\n".join(sections.sink_lines(SinkCurves(), runs))
     assert "### The start-edge sink over training" in text and f"Fates: stays {len(runs)}." in text
-    assert report.sink_lines(LabelCurves(), runs[:0]) == []  # no runs, no section
+    assert sections.sink_lines(LabelCurves(), runs[:0]) == []  # no runs, no section
 
 
 class ForcedLinks(SinkCurves):
@@ -206,18 +207,18 @@ class ForcedLinks(SinkCurves):
 
 def test_the_initial_frames_section_reads_the_farthest_block_at_the_start_the_release_and_the_end():
     runs = finished(record().incidence())
-    table = report.initial_links(ForcedLinks(), runs)
+    table = analyses.initial_links(ForcedLinks(), runs)
     assert table["trial_key"].tolist() == runs["trial_key"].tolist()
     first = table.iloc[0]
     assert (first["block"], first["forced_until"]) == (2, 100.0)  # block 2 reached furthest (0.81)
     assert (first["reach_first"], first["reach_forced"], first["reach_end"]) == (0.5, 0.5, 0.81)
     assert (first["pull_first"], first["pull_forced"], first["pull_end"]) == (1.0, 1.4, 2.0)
     assert (first["entropy_first"], first["entropy_forced"], first["entropy_end"]) == (0.99, 0.9, 0.6)
-    text = "\n".join(report.initial_links_lines(ForcedLinks(), runs))
+    text = "\n".join(sections.initial_links_lines(ForcedLinks(), runs))
     assert "### The initial frames' self-attention" in text and "entropy_forced" in text
-    never = "\n".join(report.initial_links_lines(ForcedLinks(forced=0.0), runs))
+    never = "\n".join(sections.initial_links_lines(ForcedLinks(forced=0.0), runs))
     assert "entropy_end" in never and "_forced" not in never  # runs never forced: no release columns
-    assert report.initial_links_lines(ForcedLinks(), runs[:0]) == []  # no runs, no section
+    assert sections.initial_links_lines(ForcedLinks(), runs[:0]) == []  # no runs, no section
 
 
 class Imposed(SinkCurves):
@@ -230,9 +231,9 @@ class Imposed(SinkCurves):
         self.imposed, self.old = imposed, old
 
     def __call__(self, run_id: str, key: str) -> pd.Series:
-        if key in report.INTERVENTION_CURVES and run_id in self.old:
+        if key in analyses.INTERVENTION_CURVES and run_id in self.old:
             return pd.Series(dtype=float)
-        if key in report.INTERVENTION_CURVES and run_id not in self.imposed:
+        if key in analyses.INTERVENTION_CURVES and run_id not in self.imposed:
             return pd.Series({50: 1.0, 250: 1.0}, dtype=float)
         curves = {
             "mhsa_scale": {50: 1.0, 100: 2.0, 150: 3.0, 200: 3.0, 250: 3.0},
@@ -247,10 +248,10 @@ class Imposed(SinkCurves):
 def test_an_intervention_settles_when_its_scale_and_share_stop_changing():
     scale = pd.Series({50: 1.0, 100: 3.0, 150: 3.0}, dtype=float)
     share = pd.Series({50: 0.0, 100: 0.5, 150: 1.0}, dtype=float)
-    assert report.settled_at([scale, share]) == 150  # the share still moved at 100
-    assert report.settled_at([scale]) == 100
-    assert report.settled_at([pd.Series({50: 1.0, 100: 1.0}, dtype=float)]) == 50  # never changed
-    assert math.isnan(report.settled_at([pd.Series(dtype=float)]))  # not recorded
+    assert analyses.settled_at([scale, share]) == 150  # the share still moved at 100
+    assert analyses.settled_at([scale]) == 100
+    assert analyses.settled_at([pd.Series({50: 1.0, 100: 1.0}, dtype=float)]) == 50  # never changed
+    assert math.isnan(analyses.settled_at([pd.Series(dtype=float)]))  # not recorded
 
 
 def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_names_the_cells_to_follow():
@@ -261,7 +262,7 @@ def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_n
     ctc = runs[runs["cell"] == "ctc"]["trial_key"].tolist()[0]  # a mitigation with forcing (a centre control)
     old = induced["trial_key"].tolist()[-1]
     curves = Imposed(imposed=set(induced["trial_key"]) - {old} | {ctc}, old={old})
-    table = report.interventions(curves, runs).set_index("trial_key")
+    table = analyses.interventions(curves, runs).set_index("trial_key")
     # every induced run, and the mitigation run with something imposed; nothing else
     assert sorted(table.index) == sorted([*induced["trial_key"], ctc])
     row = table.loc[first[0]]
@@ -272,13 +273,13 @@ def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_n
 
     runs.loc[runs["trial_key"].isin(first), "reversed_encoder_evaluations"] = [5, 0, 2]
     runs.loc[runs["cell"] == "first-20-ctc", "reversed_encoder_evaluations"] = 1
-    text = "\n".join(report.intervention_lines(curves, runs, record().incidence()))
+    text = "\n".join(sections.intervention_lines(curves, runs, record().incidence()))
     assert "### The interventions: what training did once they held still" in text
     assert "re-run with more seeds: `first-20` (5 evaluations), `first-20-ctc` (1 evaluations)." in text
     assert "`first-20` flipped in 1 of 3 decided runs (33% [6%, 79%])" in text  # in FLIP_RANGE
     assert "`first-20-ctc` flipped" not in text  # 0 of 3
     nothing = runs.assign(reversed_encoder_evaluations=0)
     assert "No induced cell's encoder read reversed" in "\n".join(
-        report.follow_up_lines(record().incidence(), nothing)
+        sections.follow_up_lines(record().incidence(), nothing)
     )
-    assert report.intervention_lines(curves, runs[runs["kind"] == "natural"], record().incidence()) == []
+    assert sections.intervention_lines(curves, runs[runs["kind"] == "natural"], record().incidence()) == []
