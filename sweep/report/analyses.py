@@ -74,6 +74,17 @@ SINK_FATES = {
 }
 
 
+def farthest_reach(reader: RunReader, run) -> tuple[int | None, float]:
+    """The block whose initial frames' self-attention reach (`self_initial_reach_<b>`, mass on the far half)
+    ever went highest, and that reach; (None, NaN) for a run recorded without reach curves."""
+    highest = {b: reader(run.run_id, f"self_initial_reach_{b}").max() for b in range(1, int(run.layers) + 1)}
+    recorded = {b: reach for b, reach in highest.items() if not math.isnan(reach)}
+    if not recorded:
+        return None, math.nan
+    block = max(recorded, key=recorded.get)
+    return block, recorded[block]
+
+
 def sink_fate(lift: pd.Series, sink_lift: float, g0: float, last_block: float, min_direction: float) -> str:
     """A run's sink fate (SINK_FATES) from its lift curve and its last gradient-map directions."""
     if g0 >= min_direction and last_block <= -min_direction:
@@ -97,8 +108,7 @@ def sinks(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
         sunk = lift[lift >= sink_lift]
         blocks = [reader(run.run_id, f"block_direction_{b}") for b in range(run.layers + 1)]
         ends = [_at(curve, math.inf) for curve in blocks]
-        reach = {b: reader(run.run_id, f"self_initial_reach_{b}").max() for b in range(1, run.layers + 1)}
-        widest = max(reach, key=lambda b: -math.inf if math.isnan(reach[b]) else reach[b], default=None)
+        reach_block, reach_max = farthest_reach(reader, run)
         rows.append(
             {
                 "trial_key": run.trial_key,
@@ -112,8 +122,8 @@ def sinks(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
                 "lift_max": float(lift.max()),
                 "outside_sink_end": _at(reader(run.run_id, "outside_sink_direction"), math.inf),
                 "gradient_maps_end": " ".join(f"{d:+.2f}" for d in ends),
-                "reach_max": reach.get(widest, math.nan),
-                "reach_block": widest,
+                "reach_max": reach_max,
+                "reach_block": reach_block,
                 "fate": sink_fate(lift, sink_lift, ends[0], ends[-1], run.min_direction),
             }
         )
@@ -135,12 +145,9 @@ def initial_links(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for run in finished.itertuples(index=False):
-        blocks = range(1, int(run.layers) + 1)
-        reach = {b: reader(run.run_id, f"self_initial_reach_{b}") for b in blocks}
-        highest = {b: curve.max() for b, curve in reach.items() if not curve.empty}
-        if not highest:
+        block, _ = farthest_reach(reader, run)
+        if block is None:
             continue
-        block = max(highest, key=lambda b: -math.inf if math.isnan(highest[b]) else highest[b])
         forced = reader.param(run.run_id, "model.forced_attention_steps", 0.0)
         row = {"trial_key": run.trial_key, "cell": run.cell, "seed": run.seed, "kind": run.kind}
         row |= {"block": block, "forced_until": forced if forced > 0 else math.nan}

@@ -221,6 +221,24 @@ def test_the_initial_frames_section_reads_the_farthest_block_at_the_start_the_re
     assert sections.initial_links_lines(ForcedLinks(), runs[:0]) == []  # no runs, no section
 
 
+class NoReach(SinkCurves):
+    """SinkCurves' runs recorded before the initial frames' self-attention reach (no reach curves)."""
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        return pd.Series(dtype=float) if key.startswith("self_initial_") else super().__call__(run_id, key)
+
+
+def test_a_run_without_reach_curves_has_no_farthest_block():
+    runs = finished(record().incidence())
+    run = next(runs.itertuples(index=False))
+    assert analyses.farthest_reach(SinkCurves(), run) == (2, 0.81)
+    block, reach = analyses.farthest_reach(NoReach(), run)
+    assert block is None and math.isnan(reach)
+    first = analyses.sinks(NoReach(), runs).iloc[0]
+    assert first["reach_block"] is None and math.isnan(first["reach_max"])  # not block 1, as if it were read
+    assert analyses.initial_links(NoReach(), runs).empty  # nothing to read the initial frames from
+
+
 class Imposed(SinkCurves):
     """Two-block runs. Those in `imposed` had the MHSA scale grow 1 -> 3 by step 150 and their cross-attention
     forced until step 100, released by 150; their attention and last block read backwards (G_0 forwards) at
