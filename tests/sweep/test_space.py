@@ -307,6 +307,35 @@ def test_speech_interventions_differ_from_study_7s_natural_seeds_only_by_the_int
         assert changed and changed <= INTERVENTION_KEYS, (trial.cell, changed)
 
 
+@pytest.mark.parametrize(
+    ("name", "seeds", "changed_keys"),
+    [
+        ("induced_step2_seeds_2_5", {2, 3, 4, 5}, set()),
+        ("induced_step2_seeds_6_7", {6, 7}, set()),
+        ("induced_step2_lr_after_release", {0, 1}, {"train.steps", "train.lr_warmup"}),
+    ],
+)
+def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_rate(name, seeds, changed_keys):
+    """The follow-ups of the step-2 pilot pool with its cell `dominance-900-release-2000`: the same settings,
+    only new seeds, or the same seeds with the LR schedule stretched past the release and nothing else."""
+    (pilot,) = [
+        t
+        for t in expand(load_space(ROOT / "search_spaces/studies/induced_pilot_step2.yaml"))
+        if t.cell == "dominance-900-release-2000" and t.seed == 0
+    ]
+    trials = expand(load_space(ROOT / "search_spaces" / "studies" / f"{name}.yaml"))
+    assert {t.seed for t in trials} == seeds
+    for trial in trials:
+        assert trial.kind == "induced"
+        pilot_overrides = {**pilot.overrides, "seed": trial.seed}
+        changed = {
+            k
+            for k in trial.overrides.keys() | pilot_overrides.keys()
+            if trial.overrides.get(k) != pilot_overrides.get(k)
+        }
+        assert changed == changed_keys, (name, changed)
+
+
 # -- base_from: a space that starts from another file's base ------------------------------------------------
 def _space(tmp_path: Path, name: str, *lines: str) -> Path:
     return write(tmp_path, "\n".join([f"name: {name}", "trainer: conformer_aed", *lines]), f"{name}.yaml")
