@@ -263,6 +263,11 @@ def test_reproduction_cells_share_seeds_and_differ_only_by_the_mitigation():
             assert {k for k in base.keys() | other.keys() if base.get(k) != other.get(k)} == {key}
 
 
+def changed_keys(overrides: dict, twin: dict) -> set[str]:
+    """The override keys whose values differ between two trials (a key set in one only counts)."""
+    return {k for k in overrides.keys() | twin.keys() if overrides.get(k) != twin.get(k)}
+
+
 INTERVENTION_KEYS = {
     "model.forced_attention_at",
     "model.forced_attention_steps",
@@ -299,23 +304,21 @@ def test_speech_interventions_differ_from_study_7s_natural_seeds_only_by_the_int
     for trial in trials:
         twin = natural[trial.seed]
         assert twin.kind == "natural"
-        changed = {
-            k
-            for k in trial.overrides.keys() | twin.overrides.keys()
-            if trial.overrides.get(k) != twin.overrides.get(k)
-        }
+        changed = changed_keys(trial.overrides, twin.overrides)
         assert changed and changed <= INTERVENTION_KEYS, (trial.cell, changed)
 
 
 @pytest.mark.parametrize(
-    ("name", "seeds", "changed_keys"),
+    ("name", "seeds", "changed_keys_expected"),
     [
         ("induced_step2_seeds_2_5", {2, 3, 4, 5}, set()),
         ("induced_step2_seeds_6_7", {6, 7}, set()),
         ("induced_step2_lr_after_release", {0, 1}, {"train.steps", "train.lr_warmup"}),
     ],
 )
-def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_rate(name, seeds, changed_keys):
+def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_rate(
+    name, seeds, changed_keys_expected
+):
     """The follow-ups of the step-2 pilot pool with its cell `dominance-900-release-2000`: the same settings,
     only new seeds, or the same seeds with the LR schedule stretched past the release and nothing else."""
     (pilot,) = [
@@ -327,13 +330,8 @@ def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_ra
     assert {t.seed for t in trials} == seeds
     for trial in trials:
         assert trial.kind == "induced"
-        pilot_overrides = {**pilot.overrides, "seed": trial.seed}
-        changed = {
-            k
-            for k in trial.overrides.keys() | pilot_overrides.keys()
-            if trial.overrides.get(k) != pilot_overrides.get(k)
-        }
-        assert changed == changed_keys, (name, changed)
+        changed = changed_keys(trial.overrides, {**pilot.overrides, "seed": trial.seed})
+        assert changed == changed_keys_expected, (name, changed)
 
 
 # -- base_from: a space that starts from another file's base ------------------------------------------------
