@@ -16,6 +16,9 @@ Rates are each trial's own (`TrialOutcome.cost.steps_per_second`: steps over tra
 left out), so the single and the packed trials are measured alike. With `--tiny` it runs on CPU in about a
 minute, most of it Ray's start: a tiny model, a few steps, 2 trials packed on 2 CPUs (the test suite's smoke
 run of this script).
+
+Each measurement (the two rates, the packing, the decided label) is a stage of its own: one that fails prints
+its traceback and the run goes on to the next, then exits with code 1.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +214,27 @@ def packed_quietly(run: Plan, tmp: Path) -> dict[str, Any]:
         os.chdir(here)
 
 
+@contextlib.contextmanager
+def stage(name: str, failed: list[str]) -> Iterator[None]:
+    """One measurement: a failure is printed with its traceback and noted in `failed`, and the run goes on,
+    since a first run on new hardware must not lose the other figures to one stage's error."""
+    try:
+        yield
+    except Exception:
+        failed.append(name)
+        print(f"failed   {name}:\n{traceback.format_exc()}", flush=True)
+
+
+def packing_line(run: Plan, result: dict[str, Any], *, alone: float | None) -> str:
+    together, rates = sum(result["rates"]), result["rates"]
+    gain = f"gain {together / alone:.2f}x over one alone" if alone else "no gain (the trial alone failed)"
+    return (
+        f"packing  {len(rates)} x {describe(run.narrow)} trials at {run.gpus_per_trial:g} device each: "
+        f"{together:.2f} steps/s together ({min(rates):.2f}-{max(rates):.2f} each), {gain}; "
+        f"sweep wall {result['wall']:.0f} s"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default: 420; --tiny: 60)")
@@ -223,35 +249,30 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     run = plan(tiny=args.tiny)
     budget = args.budget or run.budget
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        alone = steps_per_second(run.narrow, run.rate_steps, tmp / "narrow")
-        print(
-            f"steps/s  {describe(run.narrow):9s} {alone:8.2f}  (one trial alone, {run.rate_steps} steps)",
-            flush=True,
-        )
-        rate = steps_per_second(run.wide, run.rate_steps, tmp / "wide")
-        print(
-            f"steps/s  {describe(run.wide):9s} {rate:8.2f}  (one trial alone, {run.rate_steps} steps)",
-            flush=True,
-        )
-        result = packed_quietly(run, tmp)
-        together, rates = sum(result["rates"]), result["rates"]
-        print(
-            f"packing  {len(rates)} x {describe(run.narrow)} trials at {run.gpus_per_trial:g} device each: "
-            f"{together:.2f} steps/s together ({min(rates):.2f}-{max(rates):.2f} each), gain "
-            f"{together / alone:.2f}x over one alone; sweep wall {result['wall']:.0f} s",
-            flush=True,
-        )
-        left = max(budget - (time.perf_counter() - started), 0.0)
-        seen = time_to_decided(run.decided, left, tmp / "decided")
-        where = f"step {seen['step']}, {seen['seconds']:.0f} s after the trial's start"
-        if seen["decided"]:
-            print(f"decided  {seen['decided']} at {where} ({describe(run.decided)})")
-        else:
-            print(f"decided  not within the {left:.0f} s left: last evaluation {seen['label']} at {where}")
+        rates: dict[str, float] = {}
+        for name, settings in (("narrow", run.narrow), ("wide", run.wide)):
+            with stage(name, failed):
+                rates[name] = steps_per_second(settings, run.rate_steps, tmp / name)
+                alone = f"(one trial alone, {run.rate_steps} steps)"
+                print(f"steps/s  {describe(settings):9s} {rates[name]:8.2f}  {alone}", flush=True)
+        with stage("packing", failed):
+            print(packing_line(run, packed_quietly(run, tmp), alone=rates.get("narrow")), flush=True)
+        with stage("decided", failed):
+            left = max(budget - (time.perf_counter() - started), 0.0)
+            seen = time_to_decided(run.decided, left, tmp / "decided")
+            where = f"step {seen['step']}, {seen['seconds']:.0f} s after the trial's start"
+            if seen["decided"]:
+                print(f"decided  {seen['decided']} at {where} ({describe(run.decided)})")
+            else:
+                last = f"last evaluation {seen['label']} at {where}"
+                print(f"decided  not within the {left:.0f} s left: {last}")
     print(f"total    {time.perf_counter() - started:.0f} s (budget {budget:.0f} s)")
-    return 0
+    if failed:
+        print(f"failed stages: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

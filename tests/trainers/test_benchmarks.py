@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.gpu import packing_space, plan
+from benchmarks.gpu import packing_space, plan, stage
 from benchmarks.profile import PHASES, StepTimeline
 from sweep.space import load_space, trial_specs
 from tests.conftest import FEATURES, TINY, TINY_MODEL, VOCAB
@@ -93,6 +93,19 @@ def test_gpu_benchmark_runs_tiny_on_cpu_and_prints_each_figure(tmp_path):
     assert packing and float(packing.group(1)) > 0 and float(packing.group(2)) > 0, done.stdout
     assert re.search(r"^decided  (normal|reversed) at step \d+|^decided  not within", done.stdout, re.M)
     assert not list(tmp_path.iterdir())  # everything it ran lived in a temporary folder
+
+
+def test_a_failing_gpu_benchmark_stage_is_printed_and_the_next_stage_still_runs(capsys):
+    """The GPU run is one shot on hardware it has never seen: one figure's error must not cost the others."""
+    failed: list[str] = []
+    ran = []
+    with stage("narrow", failed):
+        raise RuntimeError("CUDA error: out of memory")
+    with stage("packing", failed):
+        ran.append("packing")
+    printed = capsys.readouterr().out
+    assert failed == ["narrow"] and ran == ["packing"]
+    assert "failed   narrow:" in printed and "RuntimeError: CUDA error: out of memory" in printed
 
 
 @pytest.mark.parametrize("pad_mode", ["zero", "unmasked"])
