@@ -314,13 +314,17 @@ def test_speech_interventions_differ_from_study_7s_natural_seeds_only_by_the_int
         ("induced_step2_seeds_2_5", {2, 3, 4, 5}, set()),
         ("induced_step2_seeds_6_7", {6, 7}, set()),
         ("induced_step2_lr_after_release", {0, 1}, {"train.steps", "train.lr_warmup"}),
+        ("induced_step2_lr_after_seeds_2_5", {2, 3, 4, 5}, {"train.steps", "train.lr_warmup"}),
+        ("induced_step2_lr_after_seeds_6_7", {6, 7}, {"train.steps", "train.lr_warmup"}),
+        ("induced_step2_lr_held_longer", {0, 1}, {"train.steps", "train.lr_warmup"}),
     ],
 )
 def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_rate(
     name, seeds, changed_keys_expected
 ):
     """The follow-ups of the step-2 pilot pool with its cell `dominance-900-release-2000`: the same settings,
-    only new seeds, or the same seeds with the LR schedule stretched past the release and nothing else."""
+    only new seeds, or the LR schedule stretched past the release and nothing else, its peak at the pilot's
+    step, so that up to the peak each run is the pilot's run of its seed."""
     (pilot,) = [
         t
         for t in expand(load_space(ROOT / "search_spaces/studies/induced_pilot_step2.yaml"))
@@ -332,6 +336,8 @@ def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_ra
         assert trial.kind == "induced"
         changed = changed_keys(trial.overrides, {**pilot.overrides, "seed": trial.seed})
         assert changed == changed_keys_expected, (name, changed)
+        peak = trial.overrides["train.steps"] * trial.overrides["train.lr_warmup"]
+        assert peak == pytest.approx(pilot.overrides["train.steps"] * pilot.overrides["train.lr_warmup"])
 
 
 # -- base_from: a space that starts from another file's base ------------------------------------------------
