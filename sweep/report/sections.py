@@ -24,7 +24,7 @@ from sweep.report.analyses import (
 )
 from sweep.report.reader import RunReader
 from sweep.results import SweepRecord
-from sweep.stats import IncidenceReport
+from sweep.stats import IncidenceReport, wilson_interval
 from trainers.detector.verdict import UNDECIDED_REASONS, reads_reversed
 
 FOLLOW_UP_CELLS = 2  # induced cells to re-run with more seeds: those whose encoder read reversed longest
@@ -63,7 +63,31 @@ def follow_up_lines(stats: IncidenceReport, finished: pd.DataFrame) -> list[str]
         lines.append(
             f"- No induced cell flipped at a rate between {low:.0%} and {high:.0%} of its decided runs."
         )
-    return lines
+    return lines + unflipped_bound_lines(cells)
+
+
+def unflipped_bound_lines(cells: pd.DataFrame) -> list[str]:
+    """How sure a null is, per induced cell with no `reversed` run: the Wilson 95 % interval of ending
+    `reversed` over its finished runs. An `undecided` run did not end `reversed`, so it counts; over decided
+    runs alone a cell whose runs all stay undecided would say nothing at all."""
+    unflipped = cells[(cells["kind"] == "induced") & (cells["reversed"] == 0)]
+    lines = []
+    for c in unflipped.itertuples():
+        runs = int(c.reversed + c.normal + c.undecided)
+        if runs == 0:
+            continue
+        _, high = wilson_interval(0, runs)
+        lines.append(
+            f"  - `{c.cell}`: 0 of {runs} [0%, {high:.0%}] "
+            f"({int(c.normal)} normal, {int(c.undecided)} undecided)"
+        )
+    if not lines:
+        return []
+    return [
+        "- Induced cells with no `reversed` run: ended `reversed` in 0 of their finished runs, Wilson 95 % "
+        "(an `undecided` run counts as one that did not end reversed):",
+        *lines,
+    ]
 
 
 def write_plots(reader: RunReader, finished: pd.DataFrame, directory: Path, name: str) -> list[Path]:

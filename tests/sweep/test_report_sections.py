@@ -296,6 +296,9 @@ def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_n
     assert "re-run with more seeds: `first-20` (5 evaluations), `first-20-ctc` (1 evaluations)." in text
     assert "`first-20` flipped in 1 of 3 decided runs (33% [6%, 79%])" in text  # in FLIP_RANGE
     assert "`first-20-ctc` flipped" not in text  # 0 of 3
+    # how sure each null is: over every finished run, its undecided ones too (0 of 3 decided would say 0-56 %)
+    assert "  - `first-20-ctc`: 0 of 5 [0%, 43%] (3 normal, 2 undecided)" in text
+    assert "  - `first-20`:" not in text and "  - `ctc`:" not in text  # it flipped; a mitigation
     nothing = runs.assign(reversed_encoder_evaluations=0)
     assert "No induced cell's encoder read reversed" in "\n".join(
         sections.follow_up_lines(record().incidence(), nothing)
