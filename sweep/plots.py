@@ -293,3 +293,54 @@ def plot_curves(
             ax.set_ylim(*ylim)
     _suptitle(figure, title)
     return _save(figure, path)
+
+
+def plot_block_directions(
+    blocks: pd.DataFrame, attention: pd.Series, path: str | Path, title: str, imposed: pd.Series | None = None
+) -> Path:
+    """Which way each part of the encoder carries the input, over training: one row per gradient map (G_0,
+    the input, at the bottom; the last block on top), coloured by its direction (blue +1 forwards, red -1
+    backwards), under the cross-attention's direction on the same steps. A reversed encoder is a red band
+    over blue rows, and the row where the colour changes is the flipping block.
+
+    `blocks` is `sweep.report.analyses.block_directions` (steps x maps); `attention` a direction by step;
+    `imposed`, by step, whether an intervention acted there (shaded over the attention).
+    """
+    if blocks.empty:
+        return _message(path, title, "no gradient maps recorded")
+    with sns.axes_style(STYLE):
+        figure = Figure(figsize=(7.5, 4.6), layout="constrained")
+        FigureCanvasAgg(figure)
+        top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[1, 2])
+    top.plot(attention.index, attention.to_numpy(dtype=float), lw=1.2, color=sns.color_palette()[0])
+    top.axhline(0.0, color="0.5", lw=0.6)
+    if imposed is not None and imposed.any():
+        top.fill_between(
+            imposed.index,
+            -1.05,
+            1.05,
+            where=imposed.to_numpy(dtype=bool),
+            color="0.85",
+            step="mid",
+            label="intervention acting",
+        )
+        top.legend(loc="lower left", fontsize=7, frameon=False)
+    top.set_ylim(-1.05, 1.05)
+    top.set_ylabel("attention\ndirection")
+    steps, maps = blocks.index.to_numpy(dtype=float), blocks.columns.to_numpy(dtype=float)
+    mesh = bottom.pcolormesh(
+        steps,
+        maps,
+        np.ma.masked_invalid(blocks.to_numpy(dtype=float).T),
+        cmap="RdBu",
+        vmin=-1.0,
+        vmax=1.0,
+        shading="nearest",
+    )
+    bottom.grid(False)
+    bottom.set_yticks(maps, [f"G{int(m)}" for m in maps])
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("gradient map")
+    figure.colorbar(mesh, ax=[top, bottom], label="gradient map's direction", shrink=0.6)
+    _suptitle(figure, title)
+    return _save(figure, path)

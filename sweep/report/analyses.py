@@ -269,6 +269,24 @@ def dominance(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("cell", sort=False).median().reset_index()
 
 
+def block_directions(reader: RunReader, run) -> pd.DataFrame:
+    """One run's encoder gradient maps over training: steps x maps (column 0: G_0, the input; column l:
+    block l), each cell a map's direction (+1 forwards, -1 backwards). Empty when none were recorded."""
+    maps = {b: reader(run.run_id, f"block_direction_{b}") for b in range(run.layers + 1)}
+    return pd.DataFrame({b: curve for b, curve in maps.items() if len(curve)}).sort_index()
+
+
+def imposed(reader: RunReader, run) -> pd.Series:
+    """By evaluation step, whether an intervention acted there: the MHSA branch scaled (not x1) or the
+    decoder's cross-attention forced in part (its learned share under 1). Empty when neither was recorded."""
+    scale = reader(run.run_id, "mhsa_scale")
+    share = reader(run.run_id, "learned_attention_share")
+    acting = [on for on in (scale != 1.0, share < 1.0) if len(on)]
+    if not acting:
+        return pd.Series(dtype=bool)
+    return pd.concat(acting, axis=1).fillna(False).any(axis=1).sort_index()
+
+
 def curves(reader: RunReader, finished: pd.DataFrame, key: str) -> pd.DataFrame:
     """Long-format curves (cell, trial_key, step, value) of metric `key`; `{depth}` in the key is replaced by
     the block at the paper's depth (10 of 12) of each run."""

@@ -13,9 +13,11 @@ from sweep.report.analyses import (
     INITIAL_LINKS,
     SINK_FATES,
     backward_phase,
+    block_directions,
     curves,
     dominance,
     first_step,
+    imposed,
     initial_links,
     interventions,
     mechanism,
@@ -124,18 +126,43 @@ def write_plots(reader: RunReader, finished: pd.DataFrame, directory: Path, name
 RUNS_TABLE = "runs.csv"
 
 
+def run_figure(directory: Path, name: str, run, figure: str) -> Path:
+    """Where one run's figure goes: `<name>_<cell>_seed<seed>_<figure>.png` (by cell and seed, not by trial
+    key: keys repeat across pooled sweeps)."""
+    cell = re.sub(r"[^A-Za-z0-9._=-]+", "-", str(run.cell))
+    return directory / f"{name}_{cell}_seed{run.seed}_{figure}.png"
+
+
 def fetch_attention_maps(reader: RunReader, finished: pd.DataFrame, directory: Path, name: str) -> list:
-    """Each finished run's last cross-attention map, copied into `directory` as
-    `<name>_<cell>_seed<seed>_attention.png` (not by trial key: keys repeat across pooled sweeps); returns
-    (run, path) for the runs that have one."""
+    """Each finished run's last cross-attention map, copied into `directory` (`run_figure`, `attention`);
+    returns (run, path) for the runs that have one."""
     directory.mkdir(parents=True, exist_ok=True)
     fetched = []
     for run in finished.itertuples(index=False):
-        cell = re.sub(r"[^A-Za-z0-9._=-]+", "-", str(run.cell))
-        target = directory / f"{name}_{cell}_seed{run.seed}_attention.png"
+        target = run_figure(directory, name, run, "attention")
         if reader.attention_map(run.run_id, target):
             fetched.append((run, target))
     return fetched
+
+
+def write_block_maps(reader: RunReader, finished: pd.DataFrame, directory: Path, name: str) -> list:
+    """Each finished run's gradient maps over training under its attention's direction (`run_figure`,
+    `blocks`): where in the encoder, and from when, the input runs backwards. Returns (run, path) for the
+    runs that recorded them."""
+    from sweep.plots import plot_block_directions  # matplotlib only when plots are asked for
+
+    drawn = []
+    for run in finished.itertuples(index=False):
+        blocks = block_directions(reader, run)
+        if blocks.empty:
+            continue
+        attention = reader(run.run_id, "outside_sink_direction")
+        if attention.empty:  # recorded before the sink was read apart
+            attention = reader(run.run_id, "attention_direction")
+        title = f"{run.cell}, seed {run.seed}: the encoder's gradient maps over training"
+        target = run_figure(directory, name, run, "blocks")
+        drawn.append((run, plot_block_directions(blocks, attention, target, title, imposed(reader, run))))
+    return drawn
 
 
 def _markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -376,10 +403,13 @@ def plot_lines(reader: RunReader, finished: pd.DataFrame, plots: Path, record: S
     Markdown images (a map's caption: cell, seed, label)."""
     drawn = write_plots(reader, finished, plots, record.space_names)
     maps = fetch_attention_maps(reader, finished, plots, record.space_names)
+    blocks = write_block_maps(reader, finished, plots, record.space_names)
     lines = [f"![{p.stem}]({p.as_posix()})" for p in drawn]
     for run, path in maps:
         why = f" ({run.reason})" if isinstance(run.reason, str) and run.reason else ""
         lines.append(f"![{run.cell}, seed {run.seed}: {run.label}{why}]({path.as_posix()})")
+    for run, path in blocks:
+        lines.append(f"![{run.cell}, seed {run.seed}: gradient maps over training]({path.as_posix()})")
     return lines + [""]
 
 

@@ -275,6 +275,10 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
         attention_map = tmp_path / "img" / f"t_{run.cell}_seed{run.seed}_attention.png"
         assert attention_map.stat().st_size > 1000
         assert f"![{run.cell}, seed {run.seed}: {run.label}" in markdown
+        gradient_maps = tmp_path / "img" / f"t_{run.cell}_seed{run.seed}_blocks.png"  # drawn from its curves
+        assert gradient_maps.stat().st_size > 1000
+        caption = f"![{run.cell}, seed {run.seed}: gradient maps over training]"
+        assert f"{caption}({gradient_maps.as_posix()})" in markdown
 
     assert not [o for o in outputs(notebook) if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs(notebook) if o.output_type == "stream")

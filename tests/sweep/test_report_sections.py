@@ -304,3 +304,33 @@ def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_n
         sections.follow_up_lines(record().incidence(), nothing)
     )
     assert sections.intervention_lines(curves, runs[runs["kind"] == "natural"], record().incidence()) == []
+
+
+class NoCurves(SinkCurves):
+    """Runs recorded without any curve."""
+
+    def __call__(self, run_id: str, key: str) -> pd.Series:
+        return pd.Series(dtype=float)
+
+
+def test_each_run_gets_its_gradient_maps_over_training_with_the_intervention_marked(tmp_path):
+    runs = finished(record().incidence())
+    runs = runs.assign(run_id=runs["trial_key"])
+    induced = runs[runs["kind"] == "induced"]
+    natural = runs[runs["kind"] == "natural"].iloc[0]
+    curves = Imposed(imposed=set(induced["trial_key"]), old={natural["trial_key"]})
+    blocks = analyses.block_directions(curves, induced.iloc[0])
+    assert blocks.columns.tolist() == [0, 1, 2]  # G_0 and both blocks, as recorded
+    assert blocks.index.tolist() == [50, 100, 150, 200, 250]
+    assert (blocks.loc[100, 0], blocks.loc[100, 2], blocks.loc[200, 1]) == (0.9, -0.9, 0.7)
+    assert math.isnan(blocks.loc[100, 1])  # block 1 was read at step 200 only
+
+    assert analyses.imposed(curves, induced.iloc[0]).all()  # forced to 100, scaled from 100
+    assert not analyses.imposed(curves, runs[runs["cell"] == "baseline"].iloc[1]).any()  # x1, all learnt
+    assert analyses.imposed(curves, natural).empty  # recorded before the intervention curves
+
+    drawn = sections.write_block_maps(curves, runs, tmp_path, "t")
+    assert [run.trial_key for run, _ in drawn] == runs["trial_key"].tolist()
+    cell, seed = induced.iloc[0]["cell"], induced.iloc[0]["seed"]
+    assert (tmp_path / f"t_{cell}_seed{seed}_blocks.png").stat().st_size > 1000
+    assert sections.write_block_maps(NoCurves(), runs, tmp_path / "none", "t") == []
