@@ -271,7 +271,7 @@ def dominance(reader: RunReader, finished: pd.DataFrame) -> pd.DataFrame:
 
 def block_directions(reader: RunReader, run) -> pd.DataFrame:
     """One run's encoder gradient maps over training: steps x maps (column 0: G_0, the input; column l:
-    block l), each cell a map's direction (+1 forwards, -1 backwards). Empty when none were recorded."""
+    block l), each entry a map's direction (+1 forwards, -1 backwards). Empty when none were recorded."""
     maps = {b: reader(run.run_id, f"block_direction_{b}") for b in range(run.layers + 1)}
     return pd.DataFrame({b: curve for b, curve in maps.items() if len(curve)}).sort_index()
 
