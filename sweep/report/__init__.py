@@ -27,7 +27,9 @@ Its parts: `reader` (what is read of each run), `analyses` (the tables it comput
 * **The interventions** (runs with something imposed: induced runs and forced cross-attention): from which
   evaluation the MHSA scale and the learned attention's share held still, and what the attention and the
   gradient maps did before and after; then which induced cells to re-run with more seeds (the longest
-  reversed encoder) and any that flipped at a rate worth a study of its own (`FLIP_RANGE`).
+  reversed encoder), any that flipped at a rate worth a study of its own (`FLIP_RANGE`), and for each one
+  that never flipped the Wilson bound on ending `reversed` beside how many runs ended with a reversed
+  encoder left undecided.
 * **Dominance** per cell: the MHSA/FFN and MHSA/residual norm ratios of the block at the paper's depth (10 of
   12), first, largest and last reading (from the curves).
 * **Reversed runs**, each verified: final attention direction, G_0 direction (must read forwards), the last

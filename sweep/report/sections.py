@@ -65,29 +65,44 @@ def follow_up_lines(stats: IncidenceReport, finished: pd.DataFrame) -> list[str]
         lines.append(
             f"- No induced cell flipped at a rate between {low:.0%} and {high:.0%} of its decided runs."
         )
-    return lines + unflipped_bound_lines(cells)
+    return lines + unflipped_bound_lines(cells, induced)
 
 
-def unflipped_bound_lines(cells: pd.DataFrame) -> list[str]:
+def unflipped_bound_lines(cells: pd.DataFrame, induced: pd.DataFrame) -> list[str]:
     """How sure a null is, per induced cell with no `reversed` run: the Wilson 95 % interval of ending
     `reversed` over its finished runs. An `undecided` run did not end `reversed`, so it counts; over decided
-    runs alone a cell whose runs all stay undecided would say nothing at all."""
+    runs alone a cell whose runs all stay undecided would say nothing at all. Beside it, how many of those
+    runs ended with every direction reading a flip (`reads_reversed` on their last attention, G_0 and last
+    block) that accuracy or focus left undecided: a reversed encoder the decoder did not learn to read."""
     unflipped = cells[(cells["kind"] == "induced") & (cells["reversed"] == 0)]
+    # runs recorded before the sink was read apart have only the whole attention's direction
+    attention = induced.get("outside_sink_direction", induced["attention_direction"])
+    ended = reads_reversed(
+        attention,
+        induced["g0_direction"],
+        induced["encoder_direction"],
+        induced["min_direction"],
+    )
+    ended_reversed_encoder = ended.groupby(induced["cell"]).sum()
     lines = []
     for c in unflipped.itertuples():
         runs = int(c.reversed + c.normal + c.undecided)
         if runs == 0:
             continue
         _, high = wilson_interval(0, runs)
+        unread = int(ended_reversed_encoder.get(c.cell, 0))
+        unread_low, unread_high = wilson_interval(unread, runs)
         lines.append(
             f"  - `{c.cell}`: 0 of {runs} [0%, {high:.0%}] "
-            f"({int(c.normal)} normal, {int(c.undecided)} undecided)"
+            f"({int(c.normal)} normal, {int(c.undecided)} undecided; {unread} of {runs} ended with the "
+            f"encoder reading reversed [{unread_low:.0%}, {unread_high:.0%}])"
         )
     if not lines:
         return []
     return [
         "- Induced cells with no `reversed` run: ended `reversed` in 0 of their finished runs, Wilson 95 % "
-        "(an `undecided` run counts as one that did not end reversed):",
+        "(an `undecided` run counts as one that did not end reversed), and how many ended with attention, "
+        "G_0 and last block all reading a flip but undecided, Wilson 95 %:",
         *lines,
     ]
 

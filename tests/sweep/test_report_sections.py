@@ -297,7 +297,14 @@ def test_the_interventions_section_reads_each_imposed_run_after_it_settled_and_n
     assert "`first-20` flipped in 1 of 3 decided runs (33% [6%, 79%])" in text  # in FLIP_RANGE
     assert "`first-20-ctc` flipped" not in text  # 0 of 3
     # how sure each null is: over every finished run, its undecided ones too (0 of 3 decided would say 0-56 %)
-    assert "  - `first-20-ctc`: 0 of 5 [0%, 43%] (3 normal, 2 undecided)" in text
+    assert "  - `first-20-ctc`: 0 of 5 [0%, 43%] (3 normal, 2 undecided; 0 of 5 ended with" in text
+    # an undecided run whose attention, G_0 and last block all end reading a flip: a reversed encoder unread
+    unread = runs["trial_key"] == runs[runs["cell"] == "first-20-ctc"]["trial_key"].iloc[-1]
+    runs["outside_sink_direction"] = runs["attention_direction"].where(~unread, -0.8)
+    text = "\n".join(sections.follow_up_lines(record().incidence(), runs))
+    assert "(3 normal, 2 undecided; 1 of 5 ended with the encoder reading reversed [4%, 62%])" in text
+    weak = runs.assign(g0_direction=runs["g0_direction"].where(~unread, 0.4))  # the input not forwards
+    assert "undecided; 0 of 5 ended" in "\n".join(sections.follow_up_lines(record().incidence(), weak))
     assert "  - `first-20`:" not in text and "  - `ctc`:" not in text  # it flipped; a mitigation
     nothing = runs.assign(reversed_encoder_evaluations=0)
     assert "No induced cell's encoder read reversed" in "\n".join(
