@@ -73,7 +73,7 @@ def unflipped_bound_lines(cells: pd.DataFrame, induced: pd.DataFrame) -> list[st
     `reversed` over its finished runs. An `undecided` run did not end `reversed`, so it counts; over decided
     runs alone a cell whose runs all stay undecided would say nothing at all. Beside it, how many of those
     runs ended with every direction reading a flip (`reads_reversed` on their last attention, G_0 and last
-    block) that accuracy or focus left undecided: a reversed encoder the decoder did not learn to read."""
+    block) yet stayed undecided, for any reason: a reversed encoder the decoder did not learn to read."""
     unflipped = cells[(cells["kind"] == "induced") & (cells["reversed"] == 0)]
     # runs recorded before the sink was read apart have only the whole attention's direction
     attention = induced.get("outside_sink_direction", induced["attention_direction"])
