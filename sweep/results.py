@@ -19,6 +19,7 @@ back from MLflow's strings). A run recorded before kinds takes its cell's kind f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -156,6 +157,17 @@ class SweepRecord:
     def space_names(self) -> str:
         """The sweeps' names without their start times, joined by `+`."""
         return "+".join(name.rsplit("-", 2)[0] for name in self.run_names)
+
+    @property
+    def figure_name(self) -> str:
+        """What the sweeps' own figures are named by: their ids, so that sweeps of one space file run a few
+        cells at a time (`--cells`) do not overwrite each other's curves in one folder. Past 100 characters
+        (many sweeps pooled): their space names, each once, and a digest of the ids."""
+        ids = "+".join(self.run_names) or self.design.sweep_id
+        if len(ids) <= 100:
+            return ids
+        names = "+".join(dict.fromkeys(name.rsplit("-", 2)[0] for name in self.run_names))
+        return f"{names[:80]}-{hashlib.sha1(ids.encode()).hexdigest()[:8]}"
 
     @property
     def wall_seconds(self) -> float | None:

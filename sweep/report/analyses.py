@@ -29,6 +29,13 @@ def _at(curve: pd.Series, step: float) -> float:
     return float(before.iloc[-1]) if len(before) else math.nan
 
 
+def outside_sink(outside: pd.Series | None, whole: pd.Series) -> pd.Series:
+    """The attention's direction outside any start-edge sink, the one the verdict reads; where a run was
+    recorded before the sink was read apart (`outside` missing, empty or NaN), the whole attention's.
+    Per-run columns (rows aligned) or one run's curves (steps aligned) alike."""
+    return whole if outside is None else outside.combine_first(whole)
+
+
 def backward_phase(finished: pd.DataFrame) -> pd.DataFrame:
     """Per cell, from each run's recorded figures: the backward phase and the reversed-encoder readings."""
     return finished.groupby("cell", sort=False).agg(

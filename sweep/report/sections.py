@@ -21,6 +21,7 @@ from sweep.report.analyses import (
     initial_links,
     interventions,
     mechanism,
+    outside_sink,
     runs,
     sinks,
 )
@@ -75,8 +76,7 @@ def unflipped_bound_lines(cells: pd.DataFrame, induced: pd.DataFrame) -> list[st
     runs ended with every direction reading a flip (`reads_reversed` on their last attention, G_0 and last
     block) yet stayed undecided, for any reason: a reversed encoder the decoder did not learn to read."""
     unflipped = cells[(cells["kind"] == "induced") & (cells["reversed"] == 0)]
-    # runs recorded before the sink was read apart have only the whole attention's direction
-    attention = induced.get("outside_sink_direction", induced["attention_direction"])
+    attention = outside_sink(induced.get("outside_sink_direction"), induced["attention_direction"])
     ended = reads_reversed(
         attention,
         induced["g0_direction"],
@@ -109,7 +109,7 @@ def unflipped_bound_lines(cells: pd.DataFrame, induced: pd.DataFrame) -> list[st
 
 def write_plots(reader: RunReader, finished: pd.DataFrame, directory: Path, name: str) -> list[Path]:
     """Attention direction, MHSA/residual ratio (paper's depth) and the cross-attention lift on the initial
-    frames over training, one line per run."""
+    frames over training, one line per run, as `<name>_<figure>.png` (`name`: the record's `figure_name`)."""
     from sweep.plots import plot_curves  # matplotlib only when plots are asked for
 
     return [
@@ -171,9 +171,9 @@ def write_block_maps(reader: RunReader, finished: pd.DataFrame, directory: Path,
         blocks = block_directions(reader, run)
         if blocks.empty:
             continue
-        attention = reader(run.run_id, "outside_sink_direction")
-        if attention.empty:  # recorded before the sink was read apart
-            attention = reader(run.run_id, "attention_direction")
+        attention = outside_sink(
+            reader(run.run_id, "outside_sink_direction"), reader(run.run_id, "attention_direction")
+        )
         title = f"{run.cell}, seed {run.seed}: the encoder's gradient maps over training"
         target = run_figure(directory, name, run, "blocks")
         drawn.append((run, plot_block_directions(blocks, attention, target, title, imposed(reader, run))))
@@ -416,7 +416,7 @@ def runs_lines(reader: RunReader, finished: pd.DataFrame, tables: Path | None = 
 def plot_lines(reader: RunReader, finished: pd.DataFrame, plots: Path, record: SweepRecord) -> list[str]:
     """Every run's curves drawn into `plots`, and each run's last cross-attention map fetched there, as
     Markdown images (a map's caption: cell, seed, label)."""
-    drawn = write_plots(reader, finished, plots, record.space_names)
+    drawn = write_plots(reader, finished, plots, record.figure_name)
     maps = fetch_attention_maps(reader, finished, plots, record.space_names)
     blocks = write_block_maps(reader, finished, plots, record.space_names)
     lines = [f"![{p.stem}]({p.as_posix()})" for p in drawn]

@@ -263,9 +263,10 @@ def test_declared_baseline_driver_report_and_notebook_agree(two_trial_sweep, mon
     assert "### Backward phase" in markdown and "### Reversed runs, verified" in markdown
     first_step = markdown.split("### The paper's first step")[1].split("###")[0]
     assert first_step.count("model.ffn_scale=") == 2  # the initial-frame figures, one row per cell
-    plots = ("t_attention_direction.png", "t_mhsa_residual.png", "t_cross_initial_lift.png")
-    for plot in plots:  # <space name>_<figure>
-        assert (tmp_path / "img" / plot).stat().st_size > 1000 and f"{plot[:-4]}]" in markdown
+    sweep_id = parents[0].info.run_name  # t-<date>-<time>
+    for figure in ("attention_direction", "mhsa_residual", "cross_initial_lift"):  # <sweep id>_<figure>
+        plot = tmp_path / "img" / f"{sweep_id}_{figure}.png"
+        assert plot.stat().st_size > 1000 and f"{plot.stem}]" in markdown
     # Each run: its row (also runs.csv) and its last attention map, fetched from its run by cell and seed.
     each = pd.read_csv(tmp_path / "report" / "runs.csv")
     trials = pd.read_csv(tmp_path / "report" / TRIALS)

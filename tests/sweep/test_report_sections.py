@@ -341,3 +341,29 @@ def test_each_run_gets_its_gradient_maps_over_training_with_the_intervention_mar
     cell, seed = induced.iloc[0]["cell"], induced.iloc[0]["seed"]
     assert (tmp_path / f"t_{cell}_seed{seed}_blocks.png").stat().st_size > 1000
     assert sections.write_block_maps(NoCurves(), runs, tmp_path / "none", "t") == []
+
+
+def test_sweep_figures_are_named_by_the_sweeps_so_parts_of_one_space_file_keep_their_own():
+    from sweep.kept import SweepSource
+
+    def named(*ids):
+        return SweepRecord([SweepSource(i, 1.0) for i in ids], record().design, hand_made()).figure_name
+
+    # one space file run a few cells at a time: two sweeps, two names
+    first, second = named("pilot-20261206-062034"), named("pilot-20261206-180736")
+    assert first == "pilot-20261206-062034" and first != second
+    assert named("a-20261206-062034", "b-20261206-180736") == "a-20261206-062034+b-20261206-180736"
+    many = [f"induced-step2-lr-after-seeds-{i}-20261206-0{i}0000" for i in range(8)]
+    long, other = named(*many), named(*many[:-1], "induced-step2-lr-after-seeds-7-20261207-000000")
+    assert len(long) <= 89 and long != other and long.startswith("induced-step2-lr-after-seeds-0+")
+    assert record().figure_name == "kinds-1"  # a record read from nowhere: its design's id
+
+
+def test_the_attention_outside_the_sink_falls_back_to_the_whole_attention_run_by_run():
+    whole = pd.Series([-0.9, -0.8, 0.7])
+    # pooled sweeps: the first run recorded before the sink was read apart, the last read one
+    outside = pd.Series([math.nan, -0.6, 0.9])
+    assert analyses.outside_sink(outside, whole).tolist() == [-0.9, -0.6, 0.9]
+    assert analyses.outside_sink(None, whole).tolist() == whole.tolist()  # no such column at all
+    curve = pd.Series({50: 0.2, 100: -0.7})  # one run's curve, recorded before: an empty one
+    assert analyses.outside_sink(pd.Series(dtype=float), curve).tolist() == [0.2, -0.7]
