@@ -314,7 +314,8 @@ def test_speech_interventions_differ_from_study_7s_natural_seeds_only_by_the_int
         ("induced_step2_seeds_2_5", {2, 3, 4, 5}, set()),
         ("induced_step2_seeds_6_7", {6, 7}, set()),
         ("induced_step2_lr_after_release", {0, 1}, {"train.steps", "train.lr_warmup"}),
-        ("induced_step2_lr_after_seeds_2_5", {2, 3, 4, 5}, {"train.steps", "train.lr_warmup"}),
+        ("induced_step2_lr_after_seeds_2_3", {2, 3}, {"train.steps", "train.lr_warmup"}),
+        ("induced_step2_lr_after_seeds_4_5", {4, 5}, {"train.steps", "train.lr_warmup"}),
         ("induced_step2_lr_after_seeds_6_7", {6, 7}, {"train.steps", "train.lr_warmup"}),
         ("induced_step2_lr_held_longer", {0, 1}, {"train.steps", "train.lr_warmup"}),
     ],
@@ -338,6 +339,30 @@ def test_step2_follow_ups_are_the_pilot_cell_with_more_seeds_or_more_learning_ra
         assert changed == changed_keys_expected, (name, changed)
         peak = trial.overrides["train.steps"] * trial.overrides["train.lr_warmup"]
         assert peak == pytest.approx(pilot.overrides["train.steps"] * pilot.overrides["train.lr_warmup"])
+
+
+def test_the_released_both_in_order_cell_is_the_pilots_cell_with_its_dominance_then_released():
+    """`induced_both_release` pools with nothing, but reads against the pilot cell
+    `first-300-300-then-dominance`: the same run up to the LR peak (the same forcing, the same growth of the
+    MHSA scale, the peak at the pilot's step), then x3 brought back to x1 with LR left after it."""
+    pilot = {
+        t.seed: t
+        for t in expand(load_space(ROOT / "search_spaces/studies/induced_pilot_both.yaml"))
+        if t.cell == "first-300-300-then-dominance"
+    }
+    trials = expand(load_space(ROOT / "search_spaces/studies/induced_both_release.yaml"))
+    assert {t.seed for t in trials} == set(pilot) == {0, 1}
+    for trial in trials:
+        twin = pilot[trial.seed].overrides
+        assert trial.kind == "induced"
+        changed = changed_keys(trial.overrides, twin)
+        assert changed == {"train.steps", "train.lr_warmup", "model.mhsa_scale_schedule"}
+        peak = trial.overrides["train.steps"] * trial.overrides["train.lr_warmup"]
+        assert peak == pytest.approx(twin["train.steps"] * twin["train.lr_warmup"])
+        schedule, grown = trial.overrides["model.mhsa_scale_schedule"], twin["model.mhsa_scale_schedule"]
+        assert schedule[: len(grown)] == grown  # the pilot's growth, step for step
+        last_step, last_scale = schedule[-1]
+        assert last_scale == 1.0 and last_step < trial.overrides["train.steps"] * 0.9  # LR left after it
 
 
 # -- base_from: a space that starts from another file's base ------------------------------------------------
