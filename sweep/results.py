@@ -135,6 +135,11 @@ def trials_frame(
     return frame.sort_values("trial_key", ignore_index=True)
 
 
+def space_name(sweep_id: str) -> str:
+    """A sweep id, `<space name>-<date>-<time>`, without its start time."""
+    return sweep_id.rsplit("-", 2)[0]
+
+
 @dataclass
 class SweepRecord:
     """A sweep as recorded: where it was read from (MLflow or a kept folder, `sweep.kept`), its design and its
@@ -156,7 +161,7 @@ class SweepRecord:
     @property
     def space_names(self) -> str:
         """The sweeps' names without their start times, joined by `+`."""
-        return "+".join(name.rsplit("-", 2)[0] for name in self.run_names)
+        return "+".join(space_name(name) for name in self.run_names)
 
     @property
     def figure_name(self) -> str:
@@ -166,7 +171,7 @@ class SweepRecord:
         ids = "+".join(self.run_names) or self.design.sweep_id
         if len(ids) <= 100:
             return ids
-        names = "+".join(dict.fromkeys(name.rsplit("-", 2)[0] for name in self.run_names))
+        names = "+".join(dict.fromkeys(space_name(name) for name in self.run_names))
         return f"{names[:80]}-{hashlib.sha1(ids.encode()).hexdigest()[:8]}"
 
     @property

@@ -21,6 +21,7 @@ from sweep.space import (
     sample_random,
     trial_table,
 )
+from trainers.train import ANNEAL_START
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = sorted((ROOT / "tests" / "sweep" / "bad_spaces").glob("*.yaml"))
@@ -362,7 +363,7 @@ def test_the_released_both_in_order_cell_is_the_pilots_cell_with_its_dominance_t
         schedule, grown = trial.overrides["model.mhsa_scale_schedule"], twin["model.mhsa_scale_schedule"]
         assert schedule[: len(grown)] == grown  # the pilot's growth, step for step
         last_step, last_scale = schedule[-1]
-        assert last_scale == 1.0 and last_step < trial.overrides["train.steps"] * 0.9  # LR left after it
+        assert last_scale == 1.0 and last_step < trial.overrides["train.steps"] * ANNEAL_START  # LR left
 
 
 # -- base_from: a space that starts from another file's base ------------------------------------------------
