@@ -297,7 +297,14 @@ def test_a_kept_sweep_reads_back_without_mlflow_as_it_read_from_mlflow(
     from_mlflow = run_report(store, "--tables", str(kept), "--plots", str(tmp_path / "img"))
     assert from_mlflow.returncode == 0, from_mlflow.stderr[-2000:]
     curves = pd.read_csv(kept / "curves.csv")
-    assert {"label_code", "reason_code", "attention_direction", "mhsa_ffn_ratio_2"} <= set(curves["key"])
+    assert {
+        "label_code",
+        "reason_code",
+        "attention_direction",
+        "accuracy",
+        "attention_peak",
+        "mhsa_ffn_ratio_2",
+    } <= set(curves["key"])
     assert len(list((kept / "maps").glob("*.png"))) == 2
 
     gone = tmp_path / "gone.db"
