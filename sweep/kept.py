@@ -37,10 +37,9 @@ MAPS = "maps"
 # The curves the report reads of a run: its label and undecided reason at each evaluation, the plotted
 # readings, the sink's, the two a label is checked against (accuracy and the attention's peak: why a run is
 # undecided, read by hand from the kept folder alone), what was imposed on training (the MHSA scale, the
-# learned attention's share), and per
-# block the MHSA/FFN and MHSA/residual norm ratios, the initial frames' self-attention reach, pull and
-# entropy, and the gradient map's direction (G_0 the input; the flipping block and the paper's depth are
-# chosen when the report is read, so every block is kept).
+# learned attention's share), and per block the MHSA/FFN and MHSA/residual norm ratios, the initial frames'
+# self-attention reach, pull and entropy, and the gradient map's direction (G_0 the input; the flipping block
+# and the paper's depth are chosen when the report is read, so every block is kept).
 CURVES = (
     "label_code",
     "reason_code",
