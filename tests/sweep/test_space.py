@@ -310,6 +310,36 @@ def test_speech_interventions_differ_from_study_7s_natural_seeds_only_by_the_int
 
 
 @pytest.mark.parametrize(
+    ("name", "natural_file", "seeds"),
+    [
+        ("induced_speech_seeds_2_3", "speech_rendered_seeds_0_3", {2, 3}),
+        ("induced_speech_seeds_4_5", "speech_rendered_seeds_4_5", {4, 5}),
+        ("induced_speech_seeds_6_7", "speech_rendered_seeds_6_7", {6, 7}),
+    ],
+)
+def test_speech_seed_files_are_the_pilots_cells_on_study_7s_other_seeds(name, natural_file, seeds):
+    """The speech seed files give two pilot cells their 8 seeds: each trial is its cell's pilot trial with
+    only the seed changed, and study 7's natural run of that seed but for the intervention keys."""
+    pilot = {
+        t.cell: t
+        for t in expand(load_space(ROOT / "search_spaces/studies/induced_speech_pilot.yaml"))
+        if t.seed == 0
+    }
+    natural = {
+        t.seed: t for t in expand(load_space(ROOT / "search_spaces" / "studies" / f"{natural_file}.yaml"))
+    }
+    trials = expand(load_space(ROOT / "search_spaces" / "studies" / f"{name}.yaml"))
+    assert {(t.cell, t.seed) for t in trials} == {
+        (cell, seed) for cell in ("first-1000-1000", "dominance-1500-release-2000") for seed in seeds
+    }
+    for trial in trials:
+        assert trial.kind == "induced"
+        assert changed_keys(trial.overrides, {**pilot[trial.cell].overrides, "seed": trial.seed}) == set()
+        changed = changed_keys(trial.overrides, natural[trial.seed].overrides)
+        assert changed and changed <= INTERVENTION_KEYS, (trial.cell, changed)
+
+
+@pytest.mark.parametrize(
     ("name", "seeds", "changed_keys_expected"),
     [
         ("induced_step2_seeds_2_5", {2, 3, 4, 5}, set()),
